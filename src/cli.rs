@@ -1,0 +1,186 @@
+//! The command line: argument parsing and the offline commands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info, warn};
+
+use crate::Error;
+use crate::compiler::explain::{explain, parse_port_arg};
+use crate::compiler::{Compiled, ObjectKey, Severity, compile};
+use crate::load::load_paths;
+use crate::nft::{self, Nft, Syncer};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nftpol",
+    version,
+    about = "Kubernetes NetworkPolicy enforcement with nftables"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "NFTPOL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the ruleset a node would enforce (nft -f text, or JSON). No root needed.
+    Compile {
+        /// YAML/JSON files or directories with Namespaces, Pods and NetworkPolicies.
+        #[arg(long, required = true, num_args = 1..)]
+        cluster: Vec<PathBuf>,
+        /// The node whose pods to enforce for.
+        #[arg(long)]
+        node: String,
+        /// Print the JSON batch `nft -j -f -` reads instead of nft text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = nft::DEFAULT_TABLE)]
+        table: String,
+    },
+    /// Say whether a connection between two pods is allowed, and why. No root needed.
+    Explain {
+        #[arg(long, required = true, num_args = 1..)]
+        cluster: Vec<PathBuf>,
+        /// Source pod, NAMESPACE/POD.
+        #[arg(long)]
+        from: String,
+        /// Destination pod, NAMESPACE/POD.
+        #[arg(long)]
+        to: String,
+        /// PORT/PROTOCOL, e.g. 80/TCP, 53/UDP or a named port of the destination: http/TCP.
+        #[arg(long)]
+        port: String,
+    },
+    /// Compile and apply once to this host's kernel (root).
+    Apply {
+        #[arg(long, required = true, num_args = 1..)]
+        cluster: Vec<PathBuf>,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = nft::DEFAULT_TABLE)]
+        table: String,
+    },
+    /// Remove nftpol's table (the uninstall step; root).
+    Cleanup {
+        #[arg(long, default_value = nft::DEFAULT_TABLE)]
+        table: String,
+    },
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Logs what the compiler found wrong, one line each.
+pub fn report(compiled: &Compiled) {
+    for d in &compiled.diagnostics {
+        match d.severity {
+            Severity::Warning => {
+                warn!(policy = %d.policy, field = %d.field, "invalid policy: {}", d.message)
+            }
+            Severity::Error => {
+                error!(policy = %d.policy, field = %d.field, "invalid policy: {}", d.message)
+            }
+        }
+    }
+    for w in &compiled.warnings {
+        warn!("{w}");
+    }
+}
+
+fn pod_arg(flag: &str, s: &str) -> Result<ObjectKey, Error> {
+    ObjectKey::parse(s)
+        .ok_or_else(|| Error::Usage(format!("{flag} must be NAMESPACE/POD, got {s:?}")))
+}
+
+pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Compile {
+            cluster,
+            node,
+            json,
+            table,
+        } => {
+            let snap = load_paths(&cluster)?;
+            let compiled = compile(&snap, &node);
+            report(&compiled);
+            let rs = nft::render(&compiled.plan, &table);
+            let st = rs.stats();
+            info!(
+                node,
+                isolated_pod_chains = compiled.plan.pods.len(),
+                chains = st.chains,
+                rules = st.rules,
+                set_elements = st.set_elements,
+                "compiled"
+            );
+            if json {
+                let doc = nft::json::ruleset_json(&rs);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).expect("JSON serializes")
+                );
+            } else {
+                print!("{}", nft::to_text(&rs));
+            }
+            Ok(())
+        }
+        Command::Explain {
+            cluster,
+            from,
+            to,
+            port,
+        } => {
+            let snap = load_paths(&cluster)?;
+            let from = pod_arg("--from", &from)?;
+            let to = pod_arg("--to", &to)?;
+            let (port, proto) = parse_port_arg(&port).map_err(Error::Usage)?;
+            let e = explain(&snap, &from, &to, &port, proto).map_err(Error::Usage)?;
+            print!("{}", e.text);
+            Ok(())
+        }
+        Command::Apply {
+            cluster,
+            node,
+            table,
+        } => {
+            let snap = load_paths(&cluster)?;
+            let compiled = compile(&snap, &node);
+            report(&compiled);
+            let mut syncer = Syncer::new(Nft::default(), table.clone());
+            let r = syncer.sync(nft::render(&compiled.plan, &table))?;
+            info!(
+                table,
+                chains = r.stats.chains,
+                rules = r.stats.rules,
+                set_elements = r.stats.set_elements,
+                elapsed_ms = r.elapsed.as_secs_f64() * 1e3,
+                "applied in one transaction"
+            );
+            Ok(())
+        }
+        Command::Cleanup { table } => {
+            Syncer::new(Nft::default(), table.clone()).cleanup()?;
+            info!(table, "removed table inet {table}");
+            Ok(())
+        }
+    }
+}

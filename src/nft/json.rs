@@ -1,0 +1,338 @@
+//! Ops → the JSON document `nft -j -f -` reads.
+//!
+//! The `nftables` crate's types are used for everything it can express;
+//! verdict maps (which it cannot express yet) are written as plain JSON.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use nftables::expr::{
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix, Range, SetItem,
+};
+use nftables::schema::{
+    Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
+    Table,
+};
+use nftables::stmt::{Counter, JumpTarget, Match, Operator, Statement, VerdictMap};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use serde_json::{Value, json};
+
+use crate::compiler::IpRange;
+use crate::compiler::ranges::as_prefix;
+
+use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule};
+use super::ops::Op;
+use super::text::ND_TYPES;
+
+const FAMILY: NfFamily = NfFamily::INet;
+
+fn s(x: impl Into<String>) -> Expression<'static> {
+    Expression::String(Cow::Owned(x.into()))
+}
+
+fn payload(protocol: &str, field: &str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Owned(protocol.into()),
+            field: Cow::Owned(field.into()),
+        },
+    )))
+}
+
+fn addr_payload(v6: bool, f: AddrField) -> Expression<'static> {
+    payload(
+        if v6 { "ip6" } else { "ip" },
+        match f {
+            AddrField::Saddr => "saddr",
+            AddrField::Daddr => "daddr",
+        },
+    )
+}
+
+fn meta_l4proto() -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta {
+        key: MetaKey::L4proto,
+    }))
+}
+
+fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn port_expr(s: u16, e: u16) -> Expression<'static> {
+    if s == e {
+        Expression::Number(s as u32)
+    } else {
+        Expression::Range(Box::new(Range {
+            range: [Expression::Number(s as u32), Expression::Number(e as u32)],
+        }))
+    }
+}
+
+fn cond(c: &Cond) -> Statement<'static> {
+    match c {
+        Cond::CtEstablished => Statement::Match(Match {
+            left: Expression::Named(NamedExpression::CT(CT {
+                key: Cow::Borrowed("state"),
+                family: None,
+                dir: None,
+            })),
+            right: Expression::List(vec![s("established"), s("related")]),
+            op: Operator::IN,
+        }),
+        Cond::Icmpv6Discovery => eq(
+            payload("icmpv6", "type"),
+            Expression::Named(NamedExpression::Set(
+                ND_TYPES.iter().map(|t| SetItem::Element(s(*t))).collect(),
+            )),
+        ),
+        Cond::FromLocalNode => eq(
+            Expression::Named(NamedExpression::Fib(Fib {
+                result: FibResult::Type,
+                flags: HashSet::from([FibFlag::Saddr]),
+            })),
+            s("local"),
+        ),
+        Cond::AddrIn { v6, field, set } => eq(addr_payload(*v6, *field), s(format!("@{set}"))),
+        Cond::L4Proto(p) => eq(meta_l4proto(), s(p.keyword())),
+        Cond::DPorts(ranges) => {
+            let right = if let [(a, b)] = ranges.as_slice() {
+                port_expr(*a, *b)
+            } else {
+                Expression::Named(NamedExpression::Set(
+                    ranges
+                        .iter()
+                        .map(|(a, b)| SetItem::Element(port_expr(*a, *b)))
+                        .collect(),
+                ))
+            };
+            eq(payload("th", "dport"), right)
+        }
+        Cond::DstTupleIn { v6, set } => eq(
+            Expression::Named(NamedExpression::Concat(vec![
+                addr_payload(*v6, AddrField::Daddr),
+                meta_l4proto(),
+                payload("th", "dport"),
+            ])),
+            s(format!("@{set}")),
+        ),
+    }
+}
+
+fn statements(r: &NftRule) -> Vec<Statement<'static>> {
+    let mut out: Vec<Statement<'static>> = r.conds.iter().map(cond).collect();
+    match &r.action {
+        Action::Accept => out.push(Statement::Accept(None)),
+        Action::CountDrop => {
+            out.push(Statement::Counter(Counter::Anonymous(None)));
+            out.push(Statement::Drop(None));
+        }
+        Action::Jump(target) => out.push(Statement::Jump(JumpTarget {
+            target: Cow::Owned(target.clone()),
+        })),
+        Action::Dispatch { v6, field, map } => out.push(Statement::VerdictMap(VerdictMap {
+            key: addr_payload(*v6, *field),
+            data: s(format!("@{map}")),
+        })),
+    }
+    out
+}
+
+fn ip_expr(ip: IpAddr) -> Expression<'static> {
+    s(ip.to_string())
+}
+
+fn elem(e: &Elem) -> Expression<'static> {
+    match e {
+        Elem::Addr(ip) => ip_expr(*ip),
+        Elem::Range(a, b) => match as_prefix(&IpRange { start: *a, end: *b }) {
+            Some(p) if p.prefix_len() == p.max_prefix_len() => ip_expr(*a),
+            Some(p) => Expression::Named(NamedExpression::Prefix(Prefix {
+                addr: Box::new(ip_expr(p.network())),
+                len: p.prefix_len() as u32,
+            })),
+            None => Expression::Range(Box::new(Range {
+                range: [ip_expr(*a), ip_expr(*b)],
+            })),
+        },
+        Elem::Tuple(ip, p, port) => Expression::Named(NamedExpression::Concat(vec![
+            ip_expr(*ip),
+            s(p.keyword()),
+            Expression::Number(*port as u32),
+        ])),
+    }
+}
+
+fn set_type(k: KeyType) -> SetTypeValue<'static> {
+    match k {
+        KeyType::Ipv4 => SetTypeValue::Single(SetType::Ipv4Addr),
+        KeyType::Ipv6 => SetTypeValue::Single(SetType::Ipv6Addr),
+        KeyType::Tuple4 => SetTypeValue::Concatenated(Cow::Owned(vec![
+            SetType::Ipv4Addr,
+            SetType::InetProto,
+            SetType::InetService,
+        ])),
+        KeyType::Tuple6 => SetTypeValue::Concatenated(Cow::Owned(vec![
+            SetType::Ipv6Addr,
+            SetType::InetProto,
+            SetType::InetService,
+        ])),
+    }
+}
+
+fn key_type_json(k: KeyType) -> Value {
+    serde_json::to_value(set_type(k)).expect("set types serialize")
+}
+
+fn hook(h: &str) -> NfHook {
+    match h {
+        "input" => NfHook::Input,
+        "output" => NfHook::Output,
+        "prerouting" => NfHook::Prerouting,
+        "postrouting" => NfHook::Postrouting,
+        _ => NfHook::Forward,
+    }
+}
+
+fn cmd(c: NfCmd<'static>) -> Value {
+    serde_json::to_value(c).expect("nft commands serialize")
+}
+
+/// One op as JSON commands.
+fn op_json(table: &str, op: &Op) -> Value {
+    let t = || Cow::<'static, str>::Owned(table.to_string());
+    let table_obj = || Table {
+        family: FAMILY,
+        name: t(),
+        handle: None,
+    };
+    let chain_ref = |name: &str| Chain {
+        family: FAMILY,
+        table: t(),
+        name: Cow::Owned(name.to_string()),
+        ..Default::default()
+    };
+    let element = |set: &str, elems: &[Elem]| Element {
+        family: FAMILY,
+        table: t(),
+        name: Cow::Owned(set.to_string()),
+        elem: Cow::Owned(elems.iter().map(elem).collect()),
+    };
+    let map_ref = |name: &str| json!({"family": "inet", "table": table, "name": name});
+    match op {
+        Op::AddTable => cmd(NfCmd::Add(NfListObject::Table(table_obj()))),
+        Op::DeleteTable => cmd(NfCmd::Delete(NfListObject::Table(table_obj()))),
+        Op::AddSet { name, set } => {
+            let elems: Vec<Expression<'static>> = set.elements.iter().map(elem).collect();
+            cmd(NfCmd::Add(NfListObject::Set(Box::new(Set {
+                family: FAMILY,
+                table: t(),
+                name: Cow::Owned(name.clone()),
+                handle: None,
+                set_type: set_type(set.key),
+                policy: None,
+                flags: set.interval.then(|| HashSet::from([SetFlag::Interval])),
+                elem: (!elems.is_empty()).then(|| Cow::Owned(elems)),
+                timeout: None,
+                gc_interval: None,
+                size: None,
+                comment: Some(Cow::Owned(set.comment.clone())),
+            }))))
+        }
+        Op::DeleteSet(name) => cmd(NfCmd::Delete(NfListObject::Set(Box::new(Set {
+            family: FAMILY,
+            table: t(),
+            name: Cow::Owned(name.clone()),
+            handle: None,
+            set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+            policy: None,
+            flags: None,
+            elem: None,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment: None,
+        })))),
+        Op::AddElements { set, elems, .. } => {
+            cmd(NfCmd::Add(NfListObject::Element(element(set, elems))))
+        }
+        Op::DeleteElements { set, elems, .. } => {
+            cmd(NfCmd::Delete(NfListObject::Element(element(set, elems))))
+        }
+        Op::AddMap { name, key } => json!({"add": {"map": {
+            "family": "inet", "table": table, "name": name,
+            "type": key_type_json(*key), "map": "verdict"
+        }}}),
+        Op::DeleteMap(name) => json!({"delete": {"map": map_ref(name)}}),
+        Op::AddMapEntries { map, entries } => {
+            let elem: Vec<Value> = entries
+                .iter()
+                .map(|(ip, chain)| json!([ip.to_string(), {"jump": {"target": chain}}]))
+                .collect();
+            json!({"add": {"element": {"family": "inet", "table": table, "name": map, "elem": elem}}})
+        }
+        Op::DeleteMapEntries { map, keys } => {
+            let elem: Vec<Value> = keys.iter().map(|ip| json!(ip.to_string())).collect();
+            json!({"delete": {"element": {"family": "inet", "table": table, "name": map, "elem": elem}}})
+        }
+        Op::AddChain { name, hook: h } => {
+            let mut c = chain_ref(name);
+            if let Some(h) = h {
+                c._type = Some(NfChainType::Filter);
+                c.hook = Some(hook(h.hook));
+                c.prio = Some(h.priority);
+                c.policy = Some(NfChainPolicy::Accept);
+            }
+            cmd(NfCmd::Add(NfListObject::Chain(c)))
+        }
+        Op::FlushChain(name) => cmd(NfCmd::Flush(FlushObject::Chain(chain_ref(name)))),
+        Op::DeleteChain(name) => cmd(NfCmd::Delete(NfListObject::Chain(chain_ref(name)))),
+        Op::AddRule { chain, rule } => cmd(NfCmd::Add(NfListObject::Rule(Rule {
+            family: FAMILY,
+            table: t(),
+            chain: Cow::Owned(chain.clone()),
+            expr: Cow::Owned(statements(rule)),
+            handle: None,
+            index: None,
+            comment: None,
+        }))),
+    }
+}
+
+/// The batch document for `nft -j -f -`.
+pub fn batch(table: &str, ops: &[Op]) -> Value {
+    let cmds: Vec<Value> = ops.iter().map(|op| op_json(table, op)).collect();
+    json!({ "nftables": cmds })
+}
+
+/// Every command's table, for the guard that nftpol touches only its own.
+pub fn tables_named(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(cmds) = doc.get("nftables").and_then(Value::as_array) {
+        for c in cmds {
+            for (_verb, obj) in c.as_object().into_iter().flatten() {
+                for (kind, body) in obj.as_object().into_iter().flatten() {
+                    let name = if kind == "table" {
+                        body.get("name")
+                    } else {
+                        body.get("table")
+                    };
+                    out.push(name.and_then(Value::as_str).unwrap_or("").to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The whole ruleset as one JSON document (`nftpol compile --json`): the
+/// same batch the first sync sends.
+pub fn ruleset_json(rs: &super::model::Ruleset) -> Value {
+    batch(&rs.table, &super::ops::full(rs))
+}

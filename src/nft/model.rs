@@ -1,0 +1,175 @@
+//! The nftables objects nftpol owns, as plain values: what the renderer
+//! produces, what the diff compares, and the in-memory record of what was
+//! last applied (never read back from the kernel).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::compiler::Protocol;
+
+/// Key type of a set or map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyType {
+    Ipv4,
+    Ipv6,
+    /// `ipv4_addr . inet_proto . inet_service`
+    Tuple4,
+    /// `ipv6_addr . inet_proto . inet_service`
+    Tuple6,
+}
+
+impl KeyType {
+    pub fn is_v6(self) -> bool {
+        matches!(self, KeyType::Ipv6 | KeyType::Tuple6)
+    }
+}
+
+/// One element of a named set.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Elem {
+    Addr(IpAddr),
+    /// Inclusive range (rendered as a prefix when it is one).
+    Range(IpAddr, IpAddr),
+    Tuple(IpAddr, Protocol, u16),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftSet {
+    pub key: KeyType,
+    pub interval: bool,
+    pub comment: String,
+    pub elements: BTreeSet<Elem>,
+}
+
+impl NftSet {
+    /// Whether two sets can be turned into each other by element updates.
+    pub fn same_shape(&self, other: &NftSet) -> bool {
+        self.key == other.key && self.interval == other.interval && self.comment == other.comment
+    }
+}
+
+/// A verdict map: address → `jump chain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftMap {
+    pub key: KeyType,
+    pub elements: BTreeMap<IpAddr, String>,
+}
+
+/// Which address of the packet a condition looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddrField {
+    Saddr,
+    Daddr,
+}
+
+/// One condition of a rule; all must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Cond {
+    /// `ct state established,related`
+    CtEstablished,
+    /// IPv6 neighbour and router discovery, which must never be filtered.
+    Icmpv6Discovery,
+    /// `fib saddr type local`: the packet comes from this node itself.
+    FromLocalNode,
+    /// `ip saddr @set` / `ip6 daddr @set`
+    AddrIn {
+        v6: bool,
+        field: AddrField,
+        set: String,
+    },
+    /// `meta l4proto tcp`
+    L4Proto(Protocol),
+    /// `th dport { 80, 1000-2000 }`
+    DPorts(Vec<(u16, u16)>),
+    /// `ip daddr . meta l4proto . th dport @set`
+    DstTupleIn { v6: bool, set: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Accept,
+    /// `counter drop`
+    CountDrop,
+    Jump(String),
+    /// `ip saddr vmap @map`: dispatch to a pod chain by address.
+    Dispatch {
+        v6: bool,
+        field: AddrField,
+        map: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NftRule {
+    pub conds: Vec<Cond>,
+    pub action: Action,
+}
+
+/// A base chain's hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// `forward`, `input`, ...
+    pub hook: &'static str,
+    pub priority: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftChain {
+    pub hook: Option<Hook>,
+    pub rules: Vec<NftRule>,
+}
+
+/// The whole table, ordered for creation: sets, then chains in
+/// [`Ruleset::chain_order`], then maps.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    pub table: String,
+    pub sets: BTreeMap<String, NftSet>,
+    pub maps: BTreeMap<String, NftMap>,
+    pub chains: BTreeMap<String, NftChain>,
+}
+
+/// Size figures for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub chains: usize,
+    pub rules: usize,
+    pub sets: usize,
+    pub set_elements: usize,
+    pub map_elements: usize,
+}
+
+impl Ruleset {
+    /// Chains in creation order: chains that only accept or drop first,
+    /// then chains that jump to them, then base chains; by name within each.
+    pub fn chain_order(&self) -> Vec<&String> {
+        let mut names: Vec<&String> = self.chains.keys().collect();
+        names.sort_by_key(|n| (self.rank(n), *n));
+        names
+    }
+
+    fn rank(&self, name: &str) -> u8 {
+        let chain = &self.chains[name];
+        if chain.hook.is_some() {
+            2
+        } else if chain
+            .rules
+            .iter()
+            .any(|r| matches!(r.action, Action::Jump(_)))
+        {
+            1
+        } else {
+            0
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            chains: self.chains.len(),
+            rules: self.chains.values().map(|c| c.rules.len()).sum(),
+            sets: self.sets.len() + self.maps.len(),
+            set_elements: self.sets.values().map(|s| s.elements.len()).sum(),
+            map_elements: self.maps.values().map(|m| m.elements.len()).sum(),
+        }
+    }
+}
