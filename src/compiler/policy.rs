@@ -233,7 +233,9 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
 
     let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
     let (mut isolates_ingress, mut isolates_egress) = (false, false);
-    match &spec.policy_types {
+    // The API server defaults an absent or empty list alike (len == 0).
+    let policy_types = spec.policy_types.as_ref().filter(|t| !t.is_empty());
+    match policy_types {
         None => {
             // The API server's defaulting.
             isolates_ingress = true;
@@ -264,11 +266,7 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
             }
         }
     }
-    let declared = |t: &str| {
-        spec.policy_types
-            .as_ref()
-            .is_none_or(|types| types.iter().any(|x| x == t))
-    };
+    let declared = |t: &str| policy_types.is_none_or(|types| types.iter().any(|x| x == t));
 
     let ingress = isolates_ingress.then(|| {
         if !declared("Ingress") {

@@ -1,0 +1,178 @@
+//! What the sync sends: a full replacement that never leaves a moment
+//! without rules, and diffs that touch only what changed, in an order the
+//! kernel accepts (references exist before use, nothing is deleted while
+//! referenced).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{json, mk_ns, mk_pod, mk_policy, snapshot};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use nftpol::compiler::{PodInfo, compile};
+use nftpol::nft::model::{Action, Ruleset};
+use nftpol::nft::ops::{Op, diff, full};
+use nftpol::nft::{json::batch, render};
+
+fn pods() -> Vec<PodInfo> {
+    vec![
+        mk_pod("x", "a", "n1", "10.0.1.1", &[("app", "a")]),
+        mk_pod("x", "b", "n1", "10.0.1.2", &[("app", "b")]),
+        mk_pod("y", "c", "n2", "10.0.2.1", &[("app", "c")]),
+    ]
+}
+
+fn allow_from_app(app: &str) -> NetworkPolicy {
+    mk_policy(
+        "x",
+        &format!("from-{app}"),
+        json!({"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress"],
+               "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}]}]}),
+    )
+}
+
+fn ruleset(pods: Vec<PodInfo>, policies: Vec<NetworkPolicy>) -> Ruleset {
+    let snap = snapshot([mk_ns("x", &[]), mk_ns("y", &[])], pods, policies);
+    render(&compile(&snap, "n1").plan, "nftpol")
+}
+
+#[test]
+fn a_full_sync_replaces_the_table_in_one_batch_without_failing_when_absent() {
+    let ops = full(&ruleset(pods(), vec![allow_from_app("c")]));
+    assert_eq!(ops[..3], [Op::AddTable, Op::DeleteTable, Op::AddTable]);
+    assert!(!ops[3..].contains(&Op::DeleteTable));
+}
+
+#[test]
+fn a_full_sync_creates_every_object_before_it_is_referenced() {
+    let rs = ruleset(pods(), vec![allow_from_app("c"), allow_from_app("b")]);
+    let mut sets = BTreeSet::new();
+    let mut chains = BTreeSet::new();
+    let mut maps = BTreeSet::new();
+    for op in full(&rs) {
+        match op {
+            Op::AddSet { name, .. } => {
+                sets.insert(name);
+            }
+            Op::AddChain { name, .. } => {
+                chains.insert(name);
+            }
+            Op::AddMap { name, .. } => {
+                maps.insert(name);
+            }
+            Op::AddRule { chain, rule } => {
+                assert!(chains.contains(&chain), "rule before chain {chain}");
+                let text = format!("{rule:?}");
+                for set in rs.sets.keys() {
+                    if text.contains(&format!("\"{set}\"")) {
+                        assert!(sets.contains(set), "{chain} uses {set} before it exists");
+                    }
+                }
+                match &rule.action {
+                    Action::Jump(t) => assert!(chains.contains(t), "jump to {t} before it exists"),
+                    Action::Dispatch { map, .. } => assert!(maps.contains(map)),
+                    _ => {}
+                }
+            }
+            Op::AddMapEntries { entries, .. } => {
+                for (_, c) in entries {
+                    assert!(chains.contains(&c), "map entry to {c} before it exists");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn an_unchanged_cluster_sends_nothing() {
+    let a = ruleset(pods(), vec![allow_from_app("c")]);
+    let b = ruleset(pods(), vec![allow_from_app("c")]);
+    assert_eq!(diff(&a, &b), Some(vec![]));
+}
+
+#[test]
+fn a_new_remote_peer_pod_is_one_element_added() {
+    let before = ruleset(pods(), vec![allow_from_app("c")]);
+    let mut more = pods();
+    more.push(mk_pod("y", "c2", "n2", "10.0.2.9", &[("app", "c")]));
+    let after = ruleset(more, vec![allow_from_app("c")]);
+    let ops = diff(&before, &after).unwrap();
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(matches!(&ops[0], Op::AddElements { elems, .. } if elems.len() == 1));
+}
+
+#[test]
+fn a_new_isolated_local_pod_adds_its_chain_and_dispatch_entry_only() {
+    let before = ruleset(pods(), vec![allow_from_app("c")]);
+    let mut more = pods();
+    more.push(mk_pod("x", "a2", "n1", "10.0.1.9", &[("app", "a")]));
+    let after = ruleset(more, vec![allow_from_app("c")]);
+    let ops = diff(&before, &after).unwrap();
+    let kinds: Vec<&str> = ops
+        .iter()
+        .map(|o| match o {
+            Op::AddChain { .. } => "add chain",
+            Op::AddRule { .. } => "add rule",
+            Op::AddMapEntries { .. } => "add map entry",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["add chain", "add rule", "add rule", "add map entry"],
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn a_removed_policy_is_unhooked_before_its_chain_and_sets_are_deleted() {
+    let before = ruleset(pods(), vec![allow_from_app("c"), allow_from_app("b")]);
+    let after = ruleset(pods(), vec![allow_from_app("c")]);
+    let ops = diff(&before, &after).unwrap();
+    let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).expect("op present");
+    let refill = pos(&|o| matches!(o, Op::FlushChain(c) if c == "pod-in/x/a"));
+    let delete_chain = pos(&|o| matches!(o, Op::DeleteChain(c) if c == "pol-in/x/from-b"));
+    let delete_set = pos(&|o| matches!(o, Op::DeleteSet(_)));
+    assert!(
+        refill < delete_chain && delete_chain < delete_set,
+        "{ops:?}"
+    );
+    let flush_before_delete = pos(&|o| matches!(o, Op::FlushChain(c) if c == "pol-in/x/from-b"));
+    assert!(flush_before_delete < delete_chain);
+}
+
+#[test]
+fn a_pod_that_is_no_longer_isolated_loses_its_dispatch_entry_before_its_chain() {
+    let before = ruleset(pods(), vec![allow_from_app("c")]);
+    let after = ruleset(pods(), vec![]);
+    let ops = diff(&before, &after).unwrap();
+    let entry = ops
+        .iter()
+        .position(|o| matches!(o, Op::DeleteMapEntries { .. }));
+    let chain = ops
+        .iter()
+        .position(|o| matches!(o, Op::DeleteChain(c) if c == "pod-in/x/a"));
+    assert!(
+        entry.is_some() && chain.is_some() && entry < chain,
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn every_command_of_a_batch_names_only_our_table() {
+    let rs = ruleset(pods(), vec![allow_from_app("c")]);
+    let doc = batch("nftpol", &full(&rs));
+    let tables = nftpol::nft::json::tables_named(&doc);
+    assert!(!tables.is_empty());
+    assert!(tables.iter().all(|t| t == "nftpol"), "{tables:?}");
+}
+
+#[test]
+fn the_apply_guard_refuses_a_batch_for_another_table() {
+    let rs = ruleset(pods(), vec![]);
+    let doc = batch("filter", &full(&rs));
+    let nft = nftpol::nft::Nft::with_command(vec!["/bin/false".into()]);
+    let err = nft.apply_json("nftpol", &doc).unwrap_err();
+    assert!(err.to_string().contains("filter"), "{err}");
+}
