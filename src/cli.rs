@@ -75,6 +75,25 @@ pub enum Command {
         #[arg(long, default_value = nft::DEFAULT_TABLE)]
         table: String,
     },
+    /// Run an in-memory Kubernetes API server, for development and tests only.
+    ///
+    /// NOT a cluster: no authentication, no TLS, nothing persisted. Serves
+    /// namespaces, pods, nodes, events and networkpolicies to kube-rs and
+    /// kubectl over plain HTTP. Prints its URL; stops on Ctrl-C.
+    Devserver {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        listen: std::net::SocketAddr,
+        /// Write a kubeconfig for the server to this file.
+        #[arg(long)]
+        kubeconfig_out: Option<PathBuf>,
+        /// Changes the watch history keeps (older resourceVersions get 410 Expired).
+        #[arg(long, default_value_t = 1000)]
+        history_size: usize,
+        /// Interval of watch bookmarks, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        bookmark_interval_ms: u64,
+    },
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -181,6 +200,32 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Syncer::new(Nft::default(), table.clone()).cleanup()?;
             info!(table, "removed table inet {table}");
             Ok(())
+        }
+        Command::Devserver {
+            listen,
+            kubeconfig_out,
+            history_size,
+            bookmark_interval_ms,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()
+                .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+            runtime.block_on(async {
+                let config = crate::devserver::Config {
+                    listen,
+                    kubeconfig_out,
+                    history_size,
+                    bookmark_interval: std::time::Duration::from_millis(bookmark_interval_ms),
+                    ..Default::default()
+                };
+                let handle = crate::devserver::DevServer::start(config)
+                    .await
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                println!("{}", handle.url);
+                info!(url = %handle.url, kubeconfig = ?handle.kubeconfig_path, "devserver listening (development and tests only)");
+                let _ = tokio::signal::ctrl_c().await;
+                handle.shutdown().await;
+                Ok(())
+            })
         }
     }
 }

@@ -15,6 +15,8 @@
 
 pub mod cli;
 pub mod compiler;
+pub mod devserver;
+pub mod lab;
 pub mod load;
 pub mod nft;
 

@@ -1,0 +1,97 @@
+//! A small network-namespace lab: a Flannel-like node (a `cni0` bridge in
+//! its own namespace) with pods on it, servers in the pods, and a fast
+//! probe engine. Kernel tests, and later the conformance runner and the
+//! sandbox command, build on it.
+//!
+//! ```text
+//!   namespace "nftpol-lab-PID-N-node-1"          namespace "nftpol-lab-PID-M-a"
+//!   ┌───────────────────────────────┐           ┌──────────────────────┐
+//!   │ cni0 10.244.1.1/24 ── veth0 ──┼───────────┼─ eth0 10.244.1.10/24 │ servers: TCP/UDP ports
+//!   │ nft: table inet nftpol        │           │ default via cni0     │
+//!   └───────────────────────────────┘           └──────────────────────┘
+//! ```
+//!
+//! - [`Netns`]: one named namespace, deleted on drop; runs closures
+//!   ([`Netns::run`]) and commands ([`Netns::exec`]) inside it.
+//! - [`Node`] / [`Pod`]: the topology. Pods are owned values; dropping
+//!   anything removes what it created, also while a test panics.
+//! - [`Netns::serve`]: TCP and UDP servers on a list of ports, run by the
+//!   test process itself (sockets keep the namespace they were opened in).
+//! - [`probe`]: many connection attempts at once, from sockets opened inside
+//!   each source namespace; a batch costs about one timeout.
+//!
+//! Nothing here touches the caller's own network namespace.
+
+mod netns;
+pub mod probe;
+mod server;
+mod topology;
+
+use std::process::Command;
+
+pub use netns::Netns;
+pub use probe::{DEFAULT_TIMEOUT, Probe, probe, probe_all};
+pub use server::Port;
+pub use topology::{Node, NodeConfig, Pod};
+
+/// A lab operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl LabError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Why the lab cannot run here (not root, or `ip` / `nft` missing), if so.
+pub fn unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    for (tool, arg) in [("ip", "-V"), ("nft", "--version")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            return Some(format!("`{tool}` is not installed"));
+        }
+    }
+    None
+}
+
+/// Runs a command on the host; returns its stdout.
+pub(crate) fn run_cmd(argv: &[&str]) -> Result<String, LabError> {
+    let cmd = argv.join(" ");
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map_err(|e| LabError::io(format!("running {cmd}"), e))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            cmd,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}

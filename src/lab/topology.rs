@@ -1,0 +1,221 @@
+//! A Flannel-like node: a `cni0` bridge in the node's namespace, one veth
+//! pair per pod, pods routed by default through the bridge address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::{LabError, Netns};
+use crate::nft::Nft;
+
+/// The bridge every pod of a node is plugged into, as Flannel names it.
+pub const BRIDGE: &str = "cni0";
+/// The pod's side of its veth pair.
+pub const POD_IFACE: &str = "eth0";
+
+/// How to build a [`Node`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The Kubernetes node name (used in namespace names and messages).
+    pub name: String,
+    /// The bridge's address; pods get addresses from its subnet.
+    pub bridge_v4: Ipv4Net,
+    /// The bridge's IPv6 address, for dual-stack pods.
+    pub bridge_v6: Option<Ipv6Net>,
+}
+
+impl NodeConfig {
+    /// Node number `index` of a Flannel cluster: bridge 10.244.INDEX.1/24.
+    pub fn new(name: &str, index: u8) -> Self {
+        Self {
+            name: name.to_string(),
+            bridge_v4: Ipv4Net::new(Ipv4Addr::new(10, 244, index, 1), 24)
+                .expect("24 is a valid prefix"),
+            bridge_v6: None,
+        }
+    }
+
+    /// Adds IPv6: bridge fd00:10:244:INDEX::1/64, where INDEX is the third
+    /// octet of the IPv4 bridge address.
+    pub fn dual_stack(mut self) -> Self {
+        let index = self.bridge_v4.addr().octets()[2] as u16;
+        self.bridge_v6 = Some(
+            Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x10, 0x244, index, 0, 0, 0, 1), 64)
+                .expect("64 is a valid prefix"),
+        );
+        self
+    }
+}
+
+/// A node namespace with its pod bridge, forwarding on and bridged traffic
+/// sent through the IP hooks (`bridge-nf-call-iptables`/`-ip6tables`).
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    veths: AtomicU32,
+    netns: Netns,
+}
+
+impl Node {
+    pub fn new(config: NodeConfig) -> Result<Self, LabError> {
+        let netns = Netns::create(&config.name)?;
+        let node = Self {
+            config,
+            veths: AtomicU32::new(0),
+            netns,
+        };
+        let ns = &node.netns;
+        ns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &node.config.bridge_v4.to_string(),
+            "dev",
+            BRIDGE,
+        ])?;
+        if let Some(v6) = node.config.bridge_v6 {
+            ns.ip(&["addr", "add", &v6.to_string(), "dev", BRIDGE, "nodad"])?;
+        }
+        ns.ip(&["link", "set", BRIDGE, "up"])?;
+        ns.sysctl(&[
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.bridge.bridge-nf-call-iptables=1",
+            "net.bridge.bridge-nf-call-ip6tables=1",
+        ])?;
+        Ok(node)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// The bridge's IPv4 address (the pods' gateway).
+    pub fn ipv4(&self) -> Ipv4Addr {
+        self.config.bridge_v4.addr()
+    }
+
+    /// The bridge's IPv6 address, when dual-stack.
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.config.bridge_v6.map(|n| n.addr())
+    }
+
+    /// An [`Nft`] that runs `nft` in the node's namespace.
+    pub fn nft(&self) -> Nft {
+        self.netns.nft()
+    }
+
+    /// Starts servers on `ports` in the node's namespace (on every address).
+    pub fn serve(&self, ports: &[super::Port]) -> Result<(), LabError> {
+        self.netns.serve(ports, self.config.bridge_v6.is_some())
+    }
+
+    /// `conntrack -F` in the node's namespace.
+    pub fn conntrack_flush(&self) -> Result<(), LabError> {
+        self.netns.conntrack_flush()
+    }
+
+    /// Adds a pod with host number `host` in the bridge's subnets
+    /// (10.244.1.`host`, and fd00:10:244:1::`host` when dual-stack).
+    pub fn add_pod(&self, name: &str, host: u8) -> Result<Pod, LabError> {
+        let v4 = u32::from(self.config.bridge_v4.network()) | u32::from(host);
+        let ipv4 = Ipv4Addr::from(v4);
+        let ipv6 = self
+            .config
+            .bridge_v6
+            .map(|n| Ipv6Addr::from(u128::from(n.network()) | u128::from(host)));
+        self.add_pod_with(name, ipv4, ipv6)
+    }
+
+    /// Adds a pod with these addresses (they must lie in the bridge's subnets).
+    pub fn add_pod_with(
+        &self,
+        name: &str,
+        ipv4: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Result<Pod, LabError> {
+        let netns = Netns::create(name)?;
+        let veth = format!("veth{}", self.veths.fetch_add(1, Ordering::Relaxed));
+        // Created in the node's namespace: the host never sees these links.
+        self.netns.ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            POD_IFACE,
+            "netns",
+            netns.name(),
+        ])?;
+        self.netns
+            .ip(&["link", "set", &veth, "master", BRIDGE, "up"])?;
+        let v4 = format!("{ipv4}/{}", self.config.bridge_v4.prefix_len());
+        netns.ip(&["addr", "add", &v4, "dev", POD_IFACE])?;
+        if let (Some(ip), Some(net)) = (ipv6, self.config.bridge_v6) {
+            let v6 = format!("{ip}/{}", net.prefix_len());
+            netns.ip(&["addr", "add", &v6, "dev", POD_IFACE, "nodad"])?;
+        }
+        netns.ip(&["link", "set", POD_IFACE, "up"])?;
+        netns.ip(&["route", "add", "default", "via", &self.ipv4().to_string()])?;
+        if let (Some(_), Some(gw)) = (ipv6, self.ipv6()) {
+            netns.ip(&["-6", "route", "add", "default", "via", &gw.to_string()])?;
+        }
+        Ok(Pod {
+            name: name.to_string(),
+            ipv4,
+            ipv6: ipv6.filter(|_| self.config.bridge_v6.is_some()),
+            netns,
+        })
+    }
+}
+
+/// A pod namespace plugged into its node's bridge. Dropping it deletes the
+/// namespace and so its veth pair.
+#[derive(Debug)]
+pub struct Pod {
+    name: String,
+    ipv4: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
+    netns: Netns,
+}
+
+impl Pod {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    pub fn ipv4(&self) -> Ipv4Addr {
+        self.ipv4
+    }
+
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.ipv6
+    }
+
+    /// Every address of the pod, IPv4 first.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let mut out = vec![IpAddr::V4(self.ipv4)];
+        out.extend(self.ipv6.map(IpAddr::V6));
+        out
+    }
+
+    /// Starts servers on `ports` on all of the pod's addresses.
+    pub fn serve(&self, ports: &[super::Port]) -> Result<(), LabError> {
+        self.netns.serve(ports, self.ipv6.is_some())
+    }
+}
