@@ -1,6 +1,8 @@
 //! The command line: argument parsing and the offline commands.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
@@ -80,6 +82,29 @@ pub enum Command {
     /// NOT a cluster: no authentication, no TLS, nothing persisted. Serves
     /// namespaces, pods, nodes, events and networkpolicies to kube-rs and
     /// kubectl over plain HTTP. Prints its URL; stops on Ctrl-C.
+    /// Watch the API and enforce continuously: the DaemonSet entrypoint (root).
+    Run {
+        /// This node's name (its pods get chains).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// Kubeconfig file; else KUBECONFIG / ~/.kube/config, else in-cluster.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, env = "NFTPOL_TABLE", default_value = nft::DEFAULT_TABLE)]
+        table: String,
+        /// Address of /healthz, /readyz, /metrics and /status.
+        #[arg(long, env = "NFTPOL_METRICS_ADDR", default_value = "0.0.0.0:9798")]
+        metrics_addr: SocketAddr,
+        /// Period of the full resync (re-applies the whole table; repairs it if changed by hand).
+        #[arg(long, env = "NFTPOL_RESYNC_PERIOD", default_value = "5m", value_parser = humantime::parse_duration)]
+        resync_period: Duration,
+        /// Minimum time between two syncs: bursts of changes are coalesced.
+        #[arg(long, env = "NFTPOL_MIN_SYNC_INTERVAL", default_value = "10ms", value_parser = humantime::parse_duration)]
+        min_sync_interval: Duration,
+        /// Command that runs nft, split at spaces (tests: "ip netns exec NODE nft").
+        #[arg(long, env = "NFTPOL_NFT_COMMAND", default_value = "nft")]
+        nft_command: String,
+    },
     Devserver {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8001")]
@@ -200,6 +225,32 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Syncer::new(Nft::default(), table.clone()).cleanup()?;
             info!(table, "removed table inet {table}");
             Ok(())
+        }
+        Command::Run {
+            node_name,
+            kubeconfig,
+            table,
+            metrics_addr,
+            resync_period,
+            min_sync_interval,
+            nft_command,
+        } => {
+            let argv: Vec<String> = nft_command.split_whitespace().map(String::from).collect();
+            if argv.is_empty() {
+                return Err(Error::Usage("--nft-command must not be empty".into()));
+            }
+            let cfg = crate::watch::RunConfig {
+                node_name,
+                kubeconfig,
+                table,
+                metrics_addr,
+                resync_period,
+                min_sync_interval,
+                nft: Nft::with_command(argv),
+            };
+            let runtime = tokio::runtime::Runtime::new()
+                .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+            runtime.block_on(crate::watch::run(cfg)).map_err(Error::Run)
         }
         Command::Devserver {
             listen,

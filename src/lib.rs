@@ -19,6 +19,8 @@ pub mod devserver;
 pub mod lab;
 pub mod load;
 pub mod nft;
+pub mod synth;
+pub mod watch;
 
 /// Errors of the command-line entry points.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,8 @@ pub enum Error {
     Nft(#[from] nft::NftError),
     #[error("{0}")]
     Usage(String),
+    #[error("{0:#}")]
+    Run(anyhow::Error),
 }
 
 impl Error {
@@ -36,7 +40,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Load(_) | Error::Usage(_) => 2,
-            Error::Nft(_) => 1,
+            Error::Nft(_) | Error::Run(_) => 1,
         }
     }
 }

@@ -1,0 +1,277 @@
+//! The one reconcile function: it serves the first full sync and every
+//! later one. It compiles the whole plan from a snapshot, and the Syncer
+//! sends only the difference against what it last applied.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::sleep_until;
+use tracing::{error, info, warn};
+
+use super::metrics::{SyncKind, SyncLabels};
+use super::{RunConfig, Shared};
+use crate::compiler::{Diagnostic, ObjectKey, Severity, compile};
+use crate::nft::{self, Syncer};
+
+/// What `/status` reports: the signal tests and tools wait on.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncStatus {
+    /// Every API change up to this resourceVersion is enforced.
+    pub synced_resource_version: u64,
+    /// Successful syncs so far.
+    pub syncs: u64,
+    pub full_syncs: u64,
+    pub failed_syncs: u64,
+    /// The error of the last sync, when it failed.
+    pub last_error: Option<String>,
+    /// Size of the applied table.
+    pub chains: usize,
+    pub rules: usize,
+    pub set_elements: usize,
+}
+
+/// Backoff after a failed transaction, doubling up to a minute.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(60))
+}
+
+pub async fn run(
+    cfg: RunConfig,
+    shared: Arc<Shared>,
+    recorder: Option<Recorder>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut syncer = Some(Syncer::new(cfg.nft.clone(), cfg.table.clone()));
+    let mut next_resync = Instant::now() + cfg.resync_period;
+    let mut last_start: Option<Instant> = None;
+    let mut failures: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
+    let mut reported: HashSet<(String, i64)> = HashSet::new();
+    let mut logged_sync_wait = false;
+
+    loop {
+        let mut full = false;
+        tokio::select! {
+            _ = shared.changed.notified() => {}
+            _ = sleep_until(next_resync.into()) => full = true,
+            _ = async { match retry_at { Some(t) => sleep_until(t.into()).await, None => std::future::pending().await } } => {}
+            _ = stop.changed() => return,
+        }
+        if !shared.stores.synced() {
+            if !logged_sync_wait {
+                info!(
+                    "waiting for the first list of pods, namespaces and networkpolicies before applying"
+                );
+                logged_sync_wait = true;
+            }
+            continue;
+        }
+        // Coalesce bursts: at most one sync per minimum interval.
+        if let Some(t) = last_start {
+            let due = t + cfg.min_sync_interval;
+            if Instant::now() < due {
+                tokio::select! {
+                    _ = sleep_until(due.into()) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+        let started = Instant::now();
+        last_start = Some(started);
+        if full {
+            next_resync = started + cfg.resync_period;
+        }
+        let pending = shared.pending_since.lock().expect("lock").take();
+        let rv = shared.stores.resource_version();
+        let snapshot = shared.stores.snapshot();
+        let node = cfg.node_name.clone();
+        let table = cfg.table.clone();
+        let mut s = syncer.take().expect("syncer is put back after each sync");
+        if full {
+            s.force_full();
+        }
+        // Compile and apply off the async threads: nft is a blocking exec.
+        let (s, compiled, result) = tokio::task::spawn_blocking(move || {
+            let compiled = compile(&snapshot, &node);
+            let rs = nft::render(&compiled.plan, &table);
+            let result = s.sync(rs);
+            (s, compiled, result)
+        })
+        .await
+        .expect("sync task does not panic");
+        syncer = Some(s);
+
+        report_invalid(
+            &shared,
+            &compiled.diagnostics,
+            recorder.as_ref(),
+            &mut reported,
+        );
+        for w in &compiled.warnings {
+            warn!("{w}");
+        }
+        let isolated: HashSet<&ObjectKey> = compiled.plan.pods.iter().map(|p| &p.pod).collect();
+        let m = &shared.metrics;
+        m.isolated_local_pods.set(isolated.len() as i64);
+        let invalid: HashSet<&ObjectKey> = compiled.diagnostics.iter().map(|d| &d.policy).collect();
+        m.invalid_policies.set(invalid.len() as i64);
+
+        match result {
+            Ok(report) => {
+                failures = 0;
+                retry_at = None;
+                let kind = if report.full {
+                    SyncKind::Full
+                } else {
+                    SyncKind::Partial
+                };
+                let elapsed = started.elapsed();
+                m.sync_duration
+                    .get_or_create(&SyncLabels { kind: kind.clone() })
+                    .observe(elapsed.as_secs_f64());
+                m.syncs.get_or_create(&SyncLabels { kind }).inc();
+                if let Some(since) = pending {
+                    m.change_to_enforced.observe(since.elapsed().as_secs_f64());
+                }
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                m.last_successful_sync.set(now.as_secs_f64());
+                m.chains.set(report.stats.chains as i64);
+                m.rules.set(report.stats.rules as i64);
+                m.set_elements
+                    .set((report.stats.set_elements + report.stats.map_elements) as i64);
+                let mut st = shared.status.lock().expect("lock");
+                st.synced_resource_version = st.synced_resource_version.max(rv);
+                st.syncs += 1;
+                st.full_syncs += report.full as u64;
+                st.last_error = None;
+                st.chains = report.stats.chains;
+                st.rules = report.stats.rules;
+                st.set_elements = report.stats.set_elements + report.stats.map_elements;
+                drop(st);
+                if report.full {
+                    info!(
+                        chains = report.stats.chains,
+                        rules = report.stats.rules,
+                        set_elements = report.stats.set_elements,
+                        isolated_pods = isolated.len(),
+                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                        "replaced table inet {} in one transaction",
+                        cfg.table
+                    );
+                } else if report.commands > 0 {
+                    tracing::debug!(
+                        commands = report.commands,
+                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                        "applied changes"
+                    );
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = retry_delay(failures);
+                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "sync failed; the kernel keeps its previous rules; the next sync replaces the whole table");
+                m.failed_syncs.inc();
+                let mut st = shared.status.lock().expect("lock");
+                st.failed_syncs += 1;
+                st.last_error = Some(e.to_string());
+                drop(st);
+                // The changes of this batch are still pending.
+                shared
+                    .pending_since
+                    .lock()
+                    .expect("lock")
+                    .get_or_insert(pending.unwrap_or(started));
+                retry_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+}
+
+/// Logs, and posts one Kubernetes Event per invalid policy generation.
+fn report_invalid(
+    shared: &Shared,
+    diagnostics: &[Diagnostic],
+    recorder: Option<&Recorder>,
+    reported: &mut HashSet<(String, i64)>,
+) {
+    let mut by_policy: BTreeMap<&ObjectKey, Vec<&Diagnostic>> = BTreeMap::new();
+    for d in diagnostics {
+        by_policy.entry(&d.policy).or_default().push(d);
+    }
+    let policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>> = shared
+        .stores
+        .policies
+        .values()
+        .into_iter()
+        .map(|p| {
+            let key = ObjectKey::new(
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            );
+            (key, p)
+        })
+        .collect();
+    for (key, diags) in by_policy {
+        let Some(policy) = policies.get(key) else {
+            continue;
+        };
+        let id = (
+            policy
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| key.to_string()),
+            policy.metadata.generation.unwrap_or(0),
+        );
+        if !reported.insert(id) {
+            continue;
+        }
+        let lines: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{}: {}", d.field, d.message))
+            .collect();
+        for d in &diags {
+            match d.severity {
+                Severity::Warning => {
+                    warn!(policy = %key, field = %d.field, "invalid policy: {}", d.message)
+                }
+                Severity::Error => {
+                    error!(policy = %key, field = %d.field, "invalid policy: {}", d.message)
+                }
+            }
+        }
+        let Some(recorder) = recorder else { continue };
+        let mut note = lines.join("; ");
+        if note.len() > 1000 {
+            let mut cut = 997;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidNetworkPolicy".into(),
+            note: Some(note),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        let reference = policy.object_ref(&());
+        let recorder = recorder.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(policy = %key, error = %e, "could not post the InvalidNetworkPolicy event");
+            }
+        });
+    }
+}
