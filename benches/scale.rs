@@ -3,6 +3,8 @@
 //! ```text
 //! cargo bench --bench scale              # 1k and 10k pods
 //! NFTPOL_BENCH_QUICK=1 cargo bench --bench scale   # 1k only, few runs (or: -- --quick)
+//! NFTPOL_BENCH_PROFILE=compile cargo bench --bench scale  # one phase in a loop, for perf
+//! NFTPOL_BENCH_PROFILE=plan cargo bench --bench scale     # the 10k node's sets and chains
 //! ```
 //!
 //! The kernel parts run as root only, each size in its own fresh network

@@ -77,11 +77,6 @@ pub enum Command {
         #[arg(long, default_value = nft::DEFAULT_TABLE)]
         table: String,
     },
-    /// Run an in-memory Kubernetes API server, for development and tests only.
-    ///
-    /// NOT a cluster: no authentication, no TLS, nothing persisted. Serves
-    /// namespaces, pods, nodes, events and networkpolicies to kube-rs and
-    /// kubectl over plain HTTP. Prints its URL; stops on Ctrl-C.
     /// Watch the API and enforce continuously: the DaemonSet entrypoint (root).
     Run {
         /// This node's name (its pods get chains).
@@ -105,6 +100,11 @@ pub enum Command {
         #[arg(long, env = "NFTPOL_NFT_COMMAND", default_value = "nft")]
         nft_command: String,
     },
+    /// Run an in-memory Kubernetes API server, for development and tests only.
+    ///
+    /// NOT a cluster: no authentication, no TLS, nothing persisted. Serves
+    /// namespaces, pods, nodes, events and networkpolicies to kube-rs and
+    /// kubectl over plain HTTP. Prints its URL; stops on Ctrl-C.
     Devserver {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8001")]

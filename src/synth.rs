@@ -849,6 +849,144 @@ fn collect_team_selectors(v: &Value, out: &mut BTreeSet<String>) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// API objects: a synthetic cluster as a client would create it on an API
+// server (the development server, for end-to-end benchmarks).
+
+/// A synthetic cluster as API objects (JSON), in creation order: namespaces
+/// first, then pods and policies (which need their namespace).
+#[derive(Clone, Debug, Default)]
+pub struct ApiObjects {
+    pub namespaces: Vec<Value>,
+    pub pods: Vec<Value>,
+    pub policies: Vec<Value>,
+}
+
+impl ApiObjects {
+    pub fn len(&self) -> usize {
+        self.namespaces.len() + self.pods.len() + self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A Namespace object with the snapshot's labels.
+pub fn namespace_object(ns: &NamespaceInfo) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": ns.name, "labels": ns.labels },
+    })
+}
+
+/// A Pod object that [`PodInfo::from_pod`] trims back to `pod`: labels,
+/// `spec.nodeName`, `hostNetwork`, one container carrying the named ports,
+/// `status.phase`, `podIP` and `podIPs`. It also has what a Deployment's pod
+/// usually carries besides (owner reference, resources, conditions), so that
+/// lists and watch events are about the size of a real pod's (without
+/// managed fields).
+pub fn pod_object(pod: &PodInfo) -> Value {
+    let app = pod.labels.get("app").map_or("main", String::as_str);
+    let hash = pod
+        .labels
+        .get("pod-template-hash")
+        .map_or("0", String::as_str);
+    let ports: Vec<Value> = pod
+        .named_ports
+        .iter()
+        .map(|p| json!({ "name": p.name, "containerPort": p.port, "protocol": p.protocol.to_string() }))
+        .collect();
+    let mut container = json!({
+        "name": app,
+        "image": format!("registry.example.com/{app}:1.0.{hash}"),
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {
+            "requests": { "cpu": "100m", "memory": "128Mi" },
+            "limits": { "memory": "256Mi" },
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+    });
+    if !ports.is_empty() {
+        container["ports"] = Value::Array(ports);
+    }
+    let mut spec = json!({
+        "containers": [container],
+        "restartPolicy": "Always",
+        "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default",
+        "schedulerName": "default-scheduler",
+        "terminationGracePeriodSeconds": 30,
+    });
+    if let Some(node) = &pod.node {
+        spec["nodeName"] = json!(node);
+    }
+    if pod.host_network {
+        spec["hostNetwork"] = json!(true);
+    }
+    let mut status = json!({
+        "conditions": [
+            { "type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z" },
+        ],
+        "startTime": "2025-01-01T00:00:00Z",
+        "qosClass": "Burstable",
+    });
+    if let Some(phase) = &pod.phase {
+        status["phase"] = json!(phase);
+    }
+    if let Some(first) = pod.ips.first() {
+        status["podIP"] = json!(first.to_string());
+        status["podIPs"] = pod
+            .ips
+            .iter()
+            .map(|ip| json!({ "ip": ip.to_string() }))
+            .collect();
+    }
+    let base = pod
+        .key
+        .name
+        .rsplit_once('-')
+        .map_or(pod.key.name.as_str(), |(head, _)| head);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod.key.name,
+            "namespace": pod.key.namespace,
+            "labels": pod.labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": base,
+                "uid": "00000000-0000-4000-8000-000000000000",
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": spec,
+        "status": status,
+    })
+}
+
+/// A NetworkPolicy object (apiVersion and kind set).
+pub fn policy_object(policy: &NetworkPolicy) -> Value {
+    let mut v = serde_json::to_value(policy).expect("policies serialize");
+    v["apiVersion"] = json!("networking.k8s.io/v1");
+    v["kind"] = json!("NetworkPolicy");
+    v
+}
+
+/// Every object of a snapshot, as API objects.
+pub fn api_objects(snap: &Snapshot) -> ApiObjects {
+    ApiObjects {
+        namespaces: snap.namespaces.values().map(namespace_object).collect(),
+        pods: snap.pods.iter().map(|p| pod_object(p)).collect(),
+        policies: snap.policies.iter().map(|p| policy_object(p)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,5 +1083,25 @@ mod tests {
         let plan = compile(&remote, &spec.node).plan;
         assert_eq!(plan.pods, base.pods);
         assert_ne!(plan.addr_sets, base.addr_sets);
+    }
+
+    #[test]
+    fn api_objects_trim_back_to_the_snapshot() {
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
+        let snap = synth_cluster(&small());
+        let objs = api_objects(&snap);
+        assert_eq!(objs.len(), 50 + 1000 + 100);
+        for (obj, pod) in objs.pods.iter().zip(&snap.pods) {
+            let back: Pod = serde_json::from_value(obj.clone()).expect("a Pod");
+            assert_eq!(&PodInfo::from_pod(&back), pod.as_ref());
+        }
+        for (obj, ns) in objs.namespaces.iter().zip(snap.namespaces.values()) {
+            let back: Namespace = serde_json::from_value(obj.clone()).expect("a Namespace");
+            assert_eq!(&NamespaceInfo::from_namespace(&back), ns);
+        }
+        for (obj, p) in objs.policies.iter().zip(&snap.policies) {
+            let back: NetworkPolicy = serde_json::from_value(obj.clone()).expect("a policy");
+            assert_eq!(&back, p.as_ref());
+        }
     }
 }

@@ -76,9 +76,17 @@
 //! let client = server.client()?;            // a kube::Client for it
 //! // ... create objects, run a watcher ...
 //! server.compact_history();                 // older watches now get 410
-//! server.shutdown().await;
+//! let store = server.store().clone();
+//! server.shutdown().await;                  // every watch ends, clients get errors
+//! // ... and back, with the same objects, on the same address:
+//! let again = DevServer::start_with(Config { listen: "127.0.0.1:8001".parse()?, ..Config::default() },
+//!     Some(store), Vec::new()).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`Handle::serve_also`] (or the listeners of [`DevServer::start_with`])
+//! serves more sockets, e.g. one opened inside a network namespace so that
+//! processes in that namespace reach the server over their own network.
 
 mod api;
 mod discovery;
@@ -145,7 +153,10 @@ pub struct Handle {
     pub kubeconfig_path: Option<PathBuf>,
     store: Arc<Store>,
     shutdown: tokio_watch::Sender<bool>,
-    task: JoinHandle<()>,
+    app: api::App,
+    /// One serving task per listener.
+    tasks: Vec<JoinHandle<()>>,
+    extra_addrs: Vec<SocketAddr>,
 }
 
 /// Errors of starting the server.
@@ -176,6 +187,23 @@ pub fn kubeconfig_yaml(url: &str) -> String {
 impl DevServer {
     /// Binds, writes the kubeconfig (if asked) and serves in the background.
     pub async fn start(config: Config) -> Result<Handle, StartError> {
+        Self::start_with(config, None, Vec::new()).await
+    }
+
+    /// Like [`DevServer::start`], with two additions:
+    ///
+    /// - `store`: serve this store (its objects, resourceVersion and watch
+    ///   history) instead of a new one, e.g. the [`Handle::store`] of a server
+    ///   that was shut down: the API server "comes back" with the same
+    ///   objects. [`Config::namespaces`] are then not created.
+    /// - `extra_listeners`: more sockets to serve besides [`Config::listen`],
+    ///   e.g. one bound inside another network namespace (see
+    ///   [`Handle::serve_also`]).
+    pub async fn start_with(
+        config: Config,
+        store: Option<Arc<Store>>,
+        extra_listeners: Vec<std::net::TcpListener>,
+    ) -> Result<Handle, StartError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Listen(config.listen, e))?;
@@ -183,14 +211,20 @@ impl DevServer {
             .local_addr()
             .map_err(|e| StartError::Listen(config.listen, e))?;
         let url = format!("http://{addr}");
-        let store = Arc::new(Store::new(config.history_size));
-        let ns_rt = resources::namespaces();
-        for ns in &config.namespaces {
-            let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            if let Err(e) = store.create(ns_rt, "", obj, store::WriteOpts::default()) {
-                tracing::warn!("initial namespace {ns}: {e}");
+        let store = match store {
+            Some(store) => store,
+            None => {
+                let store = Arc::new(Store::new(config.history_size));
+                let ns_rt = resources::namespaces();
+                for ns in &config.namespaces {
+                    let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                    if let Err(e) = store.create(ns_rt, "", obj, store::WriteOpts::default()) {
+                        tracing::warn!("initial namespace {ns}: {e}");
+                    }
+                }
+                store
             }
-        }
+        };
         if let Some(path) = &config.kubeconfig_out {
             std::fs::write(path, kubeconfig_yaml(&url))
                 .map_err(|e| StartError::Kubeconfig(path.clone(), e))?;
@@ -202,25 +236,35 @@ impl DevServer {
             bookmark_interval: config.bookmark_interval.max(Duration::from_millis(10)),
             shutdown: shutdown_rx.clone(),
         };
-        let router = axum::Router::new().fallback(api::handle).with_state(app);
-        let mut stop = shutdown_rx;
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|v| *v).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!("devserver: {e}");
-            }
-        });
-        Ok(Handle {
+        let mut handle = Handle {
             url,
             addr,
             kubeconfig_path: config.kubeconfig_out,
             store,
             shutdown,
-            task,
-        })
+            app: app.clone(),
+            tasks: vec![spawn_server(listener, app)],
+            extra_addrs: Vec::new(),
+        };
+        for l in extra_listeners {
+            handle.serve_also(l)?;
+        }
+        Ok(handle)
     }
+}
+
+/// Serves `app` on `listener` until the shutdown signal.
+fn spawn_server(listener: tokio::net::TcpListener, app: api::App) -> JoinHandle<()> {
+    let mut stop = app.shutdown.clone();
+    let router = axum::Router::new().fallback(api::handle).with_state(app);
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("devserver: {e}");
+        }
+    })
 }
 
 impl Handle {
@@ -251,9 +295,44 @@ impl Handle {
         kube::Client::try_from(kube::Config::new(url))
     }
 
-    /// Ends every watch and stops serving.
+    /// Also serves on `listener`, a bound std socket (blocking or not), e.g.
+    /// one a thread opened inside another network namespace: the socket
+    /// keeps that namespace. Must be called within a Tokio runtime. Returns
+    /// the listener's address. [`Handle::shutdown`] stops it with the rest.
+    pub fn serve_also(
+        &mut self,
+        listener: std::net::TcpListener,
+    ) -> Result<SocketAddr, StartError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(self.addr, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| StartError::Listen(addr, e))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| StartError::Listen(addr, e))?;
+        let app = api::App {
+            addr,
+            ..self.app.clone()
+        };
+        self.tasks.push(spawn_server(listener, app));
+        self.extra_addrs.push(addr);
+        Ok(addr)
+    }
+
+    /// The addresses of the listeners added with [`Handle::serve_also`] (or
+    /// [`DevServer::start_with`]).
+    pub fn extra_addrs(&self) -> &[SocketAddr] {
+        &self.extra_addrs
+    }
+
+    /// Ends every watch and stops serving on every listener. The store
+    /// stays usable: keep a clone of [`Handle::store`] to start a server
+    /// with the same objects again ([`DevServer::start_with`]).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }

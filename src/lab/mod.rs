@@ -19,9 +19,17 @@
 //!   test process itself (sockets keep the namespace they were opened in).
 //! - [`probe`]: many connection attempts at once, from sockets opened inside
 //!   each source namespace; a batch costs about one timeout.
+//! - [`Lan`]: the nodes' own network (bridge `lan0` 192.168.56.1/24 in a
+//!   namespace of its own); [`Node::join_lan`] plugs a node's `eth0` into
+//!   it. An API server for the nodes listens there ([`Lan::listen_tcp`]).
+//! - [`Controller`]: the real `nftpol run` as a process inside a node, its
+//!   `/status` and `/readyz` read over the LAN ([`http_get`]).
 //!
 //! Nothing here touches the caller's own network namespace.
 
+mod controller;
+mod http;
+mod lan;
 mod netns;
 pub mod probe;
 mod server;
@@ -29,6 +37,9 @@ mod topology;
 
 use std::process::Command;
 
+pub use controller::{Controller, ControllerConfig, ControllerStatus};
+pub use http::{HttpResponse, http_get};
+pub use lan::{LAN_BRIDGE, Lan, NODE_LAN_IFACE};
 pub use netns::Netns;
 pub use probe::{DEFAULT_TIMEOUT, Probe, probe, probe_all};
 pub use server::Port;

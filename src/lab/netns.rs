@@ -63,32 +63,17 @@ impl Netns {
         &self.name
     }
 
-    fn path(&self) -> PathBuf {
-        PathBuf::from(NETNS_DIR).join(&self.name)
-    }
-
     /// Runs `f` on a thread that has entered this namespace, and waits for
     /// it. Sockets `f` opens stay in this namespace wherever they are used
     /// later. A panic in `f` is passed on.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.enter()?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        run_in(&self.name, f)
     }
 
     /// Moves the calling thread into this namespace, for good: only for
     /// threads the lab spawns and ends itself.
     pub(crate) fn enter(&self) -> Result<(), LabError> {
-        let path = self.path();
-        let file = File::open(&path)
-            .map_err(|e| LabError::io(format!("opening {}", path.display()), e))?;
-        setns(&file, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| LabError::io(format!("entering {}", path.display()), e.into()))
+        enter_named(&self.name)
     }
 
     /// Runs `ip netns exec NAME argv...`; returns its stdout.
@@ -152,6 +137,28 @@ impl Drop for Netns {
             eprintln!("lab: could not delete namespace {}: {e}", self.name);
         }
     }
+}
+
+/// Moves the calling thread into the namespace `ip netns` knows as `name`.
+fn enter_named(name: &str) -> Result<(), LabError> {
+    let path = PathBuf::from(NETNS_DIR).join(name);
+    let file =
+        File::open(&path).map_err(|e| LabError::io(format!("opening {}", path.display()), e))?;
+    setns(&file, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| LabError::io(format!("entering {}", path.display()), e.into()))
+}
+
+/// [`Netns::run`] by namespace name: for lab objects that outlive a borrow
+/// of the [`Netns`] (they fail cleanly once it is gone).
+pub(crate) fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, LabError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_named(name)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 /// Deletes lab namespaces left by processes that no longer run (a test

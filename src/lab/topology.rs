@@ -2,6 +2,7 @@
 //! pair per pod, pods routed by default through the bridge address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -55,6 +56,8 @@ pub struct Node {
     config: NodeConfig,
     veths: AtomicU32,
     netns: Netns,
+    /// The LAN's namespace name and this node's address on it, once joined.
+    lan: OnceLock<(String, Ipv4Addr)>,
 }
 
 impl Node {
@@ -64,6 +67,7 @@ impl Node {
             config,
             veths: AtomicU32::new(0),
             netns,
+            lan: OnceLock::new(),
         };
         let ns = &node.netns;
         ns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
@@ -107,6 +111,20 @@ impl Node {
     /// The bridge's IPv6 address, when dual-stack.
     pub fn ipv6(&self) -> Option<Ipv6Addr> {
         self.config.bridge_v6.map(|n| n.addr())
+    }
+
+    /// The node's address on its LAN, once [`Node::join_lan`] plugged it in.
+    pub fn lan_ipv4(&self) -> Option<Ipv4Addr> {
+        self.lan.get().map(|(_, ip)| *ip)
+    }
+
+    /// The name of the LAN namespace the node joined.
+    pub(crate) fn lan_netns_name(&self) -> Option<&str> {
+        self.lan.get().map(|(name, _)| name.as_str())
+    }
+
+    pub(crate) fn set_lan(&self, netns: &str, ip: Ipv4Addr) {
+        let _ = self.lan.set((netns.to_string(), ip));
     }
 
     /// An [`Nft`] that runs `nft` in the node's namespace.

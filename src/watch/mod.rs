@@ -1,9 +1,9 @@
 //! `nftpol run`: watch the API, enforce continuously.
 //!
 //! ```text
-//!  watcher(Pods) ──┐                         ┌─ every change: notify
-//!  watcher(Ns)   ──┼─► Stores (trimmed) ─────┤
-//!  watcher(NetPol)─┘                         └─► reconcile task: coalesce (min interval),
+//!  list+watch(Pods) ──┐                         ┌─ every change: notify
+//!  list+watch(Ns)   ──┼─► Stores (trimmed) ─────┤
+//!  list+watch(NetPol)─┘                         └─► reconcile task: coalesce (min interval),
 //!                                                 snapshot → compile → render → Syncer (diff)
 //!  axum: /healthz /readyz /metrics /status        periodic full resync; Events for invalid policies
 //! ```
@@ -11,8 +11,14 @@
 //! Nothing is applied before all three stores have listed once; the first
 //! apply replaces the table atomically. On SIGTERM the rules stay in the
 //! kernel (enforcement holds while the pod restarts); `nftpol cleanup` is
-//! the uninstall step. While the API server is unreachable the watchers
+//! the uninstall step. While the API server is unreachable the watches
 //! retry with kube-rs's default backoff and the last state stays enforced.
+//!
+//! The watch loop is ours, on kube-client's `list` and `watch`, rather than
+//! kube-runtime's `watcher`: that one consumes bookmarks and list
+//! resourceVersions internally, and the "enforced up to resourceVersion R"
+//! signal (`/status`) needs exactly those to be right for idle kinds and
+//! after a relist.
 
 pub mod http;
 pub mod metrics;
@@ -28,14 +34,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::runtime::watcher::DefaultBackoff;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, Snapshot};
 use crate::nft::Nft;
-use store::{Store, Trim};
+use store::{Store, Trim, parse_rv};
 
 pub use reconcile::SyncStatus;
 
@@ -51,6 +58,10 @@ pub struct RunConfig {
     pub nft: Nft,
 }
 
+pub const PODS: &str = "pods";
+pub const NAMESPACES: &str = "namespaces";
+pub const POLICIES: &str = "networkpolicies";
+
 /// The three stores.
 #[derive(Default)]
 pub struct Stores {
@@ -64,12 +75,13 @@ impl Stores {
         self.pods.is_synced() && self.namespaces.is_synced() && self.policies.is_synced()
     }
 
-    /// The highest resourceVersion the stores have seen.
-    pub fn resource_version(&self) -> u64 {
-        self.pods
-            .resource_version()
-            .max(self.namespaces.resource_version())
-            .max(self.policies.resource_version())
+    /// How far each store has progressed, by kind.
+    pub fn resource_versions(&self) -> BTreeMap<&'static str, u64> {
+        BTreeMap::from([
+            (PODS, self.pods.resource_version()),
+            (NAMESPACES, self.namespaces.resource_version()),
+            (POLICIES, self.policies.resource_version()),
+        ])
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -121,6 +133,29 @@ impl Shared {
         self.changed.notify_one();
     }
 
+    /// A store moved forward without a change (bookmark, or a relist that
+    /// found what was already enforced): when nothing is pending or being
+    /// applied, what is enforced is still all there is up to the new
+    /// resourceVersions. Lock order: pending, then status.
+    pub fn progress(&self) {
+        let pending = self.pending_since.lock().expect("lock");
+        if pending.is_some() {
+            return;
+        }
+        let mut st = self.status.lock().expect("lock");
+        if st.in_flight || st.last_error.is_some() || st.syncs == 0 {
+            return;
+        }
+        st.advance(&self.stores.resource_versions());
+    }
+
+    /// Takes the pending changes for a sync, marking it in flight.
+    fn begin_sync(&self) -> Option<Instant> {
+        let mut pending = self.pending_since.lock().expect("lock");
+        self.status.lock().expect("lock").in_flight = true;
+        pending.take()
+    }
+
     pub fn status(&self) -> SyncStatus {
         self.status.lock().expect("lock").clone()
     }
@@ -157,37 +192,90 @@ impl Shared {
     }
 }
 
-/// Feeds one store from a watcher until the stream ends (it does not: the
-/// watcher retries with backoff).
+/// Keeps one store equal to the API's objects of one kind: list, then
+/// watch from the list's resourceVersion with bookmarks; a watch that ends
+/// is resumed from the last resourceVersion seen; 410 Gone means relist.
+/// Failures are retried with kube-rs's default backoff (0.8 s doubling to
+/// 30 s) while the last state stays enforced.
 async fn feed<K, Key, T>(
     api: Api<K>,
     kind: &'static str,
     shared: Arc<Shared>,
     store: impl Fn(&Shared) -> &Store<Key, T>,
 ) where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static
-        + Trim<Key, T>,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Trim<Key, T>,
     Key: Ord + std::hash::Hash + Clone,
 {
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(event) => {
-                shared.set_watch_error(kind, None);
-                if store(&shared).apply(event) {
-                    shared.mark_changed();
+    let mut backoff = DefaultBackoff::default();
+    let pause = |shared: &Shared, backoff: &mut DefaultBackoff, error: String| {
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        warn!(kind, %error, retry_in_ms = delay.as_millis() as u64, "watch failed; the last state stays enforced");
+        shared.set_watch_error(kind, Some(error));
+        delay
+    };
+    'list: loop {
+        let list = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(e) => {
+                tokio::time::sleep(pause(&shared, &mut backoff, e.to_string())).await;
+                continue;
+            }
+        };
+        let mut version = list.metadata.resource_version.clone().unwrap_or_default();
+        store(&shared).replace(&list.items, parse_rv(Some(&version)).unwrap_or(0));
+        shared.set_watch_error(kind, None);
+        backoff = DefaultBackoff::default();
+        shared.mark_changed();
+        loop {
+            // Bookmarks are on by default in WatchParams.
+            let params = WatchParams::default().timeout(290);
+            let stream = match api.watch(&params, &version).await {
+                Ok(stream) => stream,
+                Err(kube::Error::Api(status)) if status.code == 410 => continue 'list,
+                Err(e) => {
+                    tokio::time::sleep(pause(&shared, &mut backoff, e.to_string())).await;
+                    continue;
+                }
+            };
+            shared.set_watch_error(kind, None);
+            let mut stream = std::pin::pin!(stream);
+            let mut failed = None;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
+                        version = obj.meta().resource_version.clone().unwrap_or(version);
+                        store(&shared).upsert(&obj);
+                        shared.mark_changed();
+                    }
+                    Ok(WatchEvent::Deleted(obj)) => {
+                        version = obj.meta().resource_version.clone().unwrap_or(version);
+                        store(&shared).remove(&obj);
+                        shared.mark_changed();
+                    }
+                    Ok(WatchEvent::Bookmark(b)) => {
+                        version = b.metadata.resource_version;
+                        if let Some(rv) = parse_rv(Some(&version)) {
+                            store(&shared).advance(rv);
+                            shared.progress();
+                        }
+                    }
+                    Ok(WatchEvent::Error(status)) if status.code == 410 => {
+                        info!(kind, "watch history expired (410); relisting");
+                        continue 'list;
+                    }
+                    Ok(WatchEvent::Error(status)) => {
+                        failed = Some(format!("{} ({})", status.message, status.code));
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
                 }
             }
-            Err(e) => {
-                warn!(kind, error = %e, "watch failed; retrying with backoff, the last state stays enforced");
-                shared.set_watch_error(kind, Some(e.to_string()));
+            if let Some(error) = failed {
+                tokio::time::sleep(pause(&shared, &mut backoff, error)).await;
             }
         }
     }

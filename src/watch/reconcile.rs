@@ -22,8 +22,17 @@ use crate::nft::{self, Syncer};
 /// What `/status` reports: the signal tests and tools wait on.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SyncStatus {
-    /// Every API change up to this resourceVersion is enforced.
+    /// Per kind (pods, namespaces, networkpolicies): every change of that
+    /// kind up to this resourceVersion is enforced. Events of one kind
+    /// arrive in order, so after a write of kind K at version R, waiting
+    /// for `synced[K] >= R` is exact.
+    pub synced: BTreeMap<&'static str, u64>,
+    /// The minimum over the kinds: every change of any kind up to it is
+    /// enforced (idle kinds advance with bookmarks).
     pub synced_resource_version: u64,
+    /// A sync is being applied.
+    #[serde(skip)]
+    pub in_flight: bool,
     /// Successful syncs so far.
     pub syncs: u64,
     pub full_syncs: u64,
@@ -34,6 +43,16 @@ pub struct SyncStatus {
     pub chains: usize,
     pub rules: usize,
     pub set_elements: usize,
+}
+
+impl SyncStatus {
+    pub(super) fn advance(&mut self, versions: &BTreeMap<&'static str, u64>) {
+        for (kind, rv) in versions {
+            let e = self.synced.entry(kind).or_default();
+            *e = (*e).max(*rv);
+        }
+        self.synced_resource_version = self.synced.values().copied().min().unwrap_or(0);
+    }
 }
 
 /// Backoff after a failed transaction, doubling up to a minute.
@@ -63,6 +82,10 @@ pub async fn run(
             _ = async { match retry_at { Some(t) => sleep_until(t.into()).await, None => std::future::pending().await } } => {}
             _ = stop.changed() => return,
         }
+        if full {
+            next_resync = Instant::now() + cfg.resync_period;
+        }
+        retry_at = None;
         if !shared.stores.synced() {
             if !logged_sync_wait {
                 info!(
@@ -84,11 +107,9 @@ pub async fn run(
         }
         let started = Instant::now();
         last_start = Some(started);
-        if full {
-            next_resync = started + cfg.resync_period;
-        }
-        let pending = shared.pending_since.lock().expect("lock").take();
-        let rv = shared.stores.resource_version();
+        let pending = shared.begin_sync();
+        // Versions before contents: the snapshot is at least this new.
+        let versions = shared.stores.resource_versions();
         let snapshot = shared.stores.snapshot();
         let node = cfg.node_name.clone();
         let table = cfg.table.clone();
@@ -148,7 +169,8 @@ pub async fn run(
                 m.set_elements
                     .set((report.stats.set_elements + report.stats.map_elements) as i64);
                 let mut st = shared.status.lock().expect("lock");
-                st.synced_resource_version = st.synced_resource_version.max(rv);
+                st.in_flight = false;
+                st.advance(&versions);
                 st.syncs += 1;
                 st.full_syncs += report.full as u64;
                 st.last_error = None;
@@ -180,6 +202,7 @@ pub async fn run(
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "sync failed; the kernel keeps its previous rules; the next sync replaces the whole table");
                 m.failed_syncs.inc();
                 let mut st = shared.status.lock().expect("lock");
+                st.in_flight = false;
                 st.failed_syncs += 1;
                 st.last_error = Some(e.to_string());
                 drop(st);

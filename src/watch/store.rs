@@ -1,16 +1,14 @@
-//! Stores fed by kube-rs watchers, holding objects already trimmed to what
-//! the compiler reads.
+//! Stores fed by the watch loop (`feed` in mod.rs), holding objects already
+//! trimmed to what the compiler reads, and how far each store has
+//! progressed in resourceVersion terms.
 //!
 //! kube-rs's reflector stores keep whole API objects; converting 10k pods to
 //! [`PodInfo`] on every sync would cost more than compiling. These stores
-//! convert once per event instead, and follow the reflector's protocol:
-//! `Init` starts a relist into a buffer, `InitDone` swaps it in atomically.
+//! convert once per event instead.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-
-use kube::runtime::watcher::Event;
 
 /// Objects of one kind, by key.
 pub struct Store<Key, T> {
@@ -19,11 +17,10 @@ pub struct Store<Key, T> {
 
 struct Inner<Key, T> {
     items: BTreeMap<Key, Arc<T>>,
-    /// A relist in progress.
-    buffer: Option<BTreeMap<Key, Arc<T>>>,
     /// The first full list has completed.
     synced: bool,
-    /// Highest resourceVersion seen in an applied event.
+    /// Every change of this kind up to this resourceVersion is in `items`
+    /// (from lists, events and bookmarks).
     resource_version: u64,
 }
 
@@ -32,7 +29,6 @@ impl<Key: Ord + Hash + Clone, T> Default for Store<Key, T> {
         Self {
             inner: Mutex::new(Inner {
                 items: BTreeMap::new(),
-                buffer: None,
                 synced: false,
                 resource_version: 0,
             }),
@@ -49,43 +45,43 @@ pub trait Trim<Key, T> {
 }
 
 impl<Key: Ord + Hash + Clone, T> Store<Key, T> {
-    /// Applies one watcher event. Returns true when the visible contents may
-    /// have changed (so a sync is due).
-    pub fn apply<K: Trim<Key, T>>(&self, event: Event<K>) -> bool {
+    /// Replaces everything with a list taken at `resource_version`.
+    pub fn replace<K: Trim<Key, T>>(&self, objects: &[K], resource_version: u64) {
+        let items = objects
+            .iter()
+            .map(|o| (o.key(), Arc::new(o.trim())))
+            .collect();
         let mut inner = self.inner.lock().expect("store lock");
-        let bump = |inner: &mut Inner<Key, T>, obj: &K| {
-            if let Some(rv) = obj.resource_version() {
-                inner.resource_version = inner.resource_version.max(rv);
-            }
-        };
-        match event {
-            Event::Apply(obj) => {
-                bump(&mut inner, &obj);
-                inner.items.insert(obj.key(), Arc::new(obj.trim()));
-                true
-            }
-            Event::Delete(obj) => {
-                bump(&mut inner, &obj);
-                inner.items.remove(&obj.key());
-                true
-            }
-            Event::Init => {
-                inner.buffer = Some(BTreeMap::new());
-                false
-            }
-            Event::InitApply(obj) => {
-                bump(&mut inner, &obj);
-                let (k, v) = (obj.key(), Arc::new(obj.trim()));
-                inner.buffer.get_or_insert_with(BTreeMap::new).insert(k, v);
-                false
-            }
-            Event::InitDone => {
-                if let Some(buffer) = inner.buffer.take() {
-                    inner.items = buffer;
-                }
-                inner.synced = true;
-                true
-            }
+        inner.items = items;
+        inner.synced = true;
+        inner.resource_version = resource_version;
+    }
+
+    /// An object was added or modified.
+    pub fn upsert<K: Trim<Key, T>>(&self, obj: &K) {
+        let (key, value) = (obj.key(), Arc::new(obj.trim()));
+        let mut inner = self.inner.lock().expect("store lock");
+        inner.items.insert(key, value);
+        Self::bump(&mut inner, obj.resource_version());
+    }
+
+    /// An object was deleted.
+    pub fn remove<K: Trim<Key, T>>(&self, obj: &K) {
+        let key = obj.key();
+        let mut inner = self.inner.lock().expect("store lock");
+        inner.items.remove(&key);
+        Self::bump(&mut inner, obj.resource_version());
+    }
+
+    /// A bookmark: nothing changed up to `resource_version`.
+    pub fn advance(&self, resource_version: u64) {
+        let mut inner = self.inner.lock().expect("store lock");
+        Self::bump(&mut inner, Some(resource_version));
+    }
+
+    fn bump(inner: &mut Inner<Key, T>, rv: Option<u64>) {
+        if let Some(rv) = rv {
+            inner.resource_version = inner.resource_version.max(rv);
         }
     }
 
@@ -113,14 +109,20 @@ impl<Key: Ord + Hash + Clone, T> Store<Key, T> {
         self.len() == 0
     }
 
-    /// Highest resourceVersion of any event applied so far.
+    /// Every change up to this resourceVersion is in the store.
     pub fn resource_version(&self) -> u64 {
         self.inner.lock().expect("store lock").resource_version
     }
 }
 
+/// Parses a resourceVersion; they are opaque strings, but every server in
+/// practice (etcd, the dev server) uses increasing integers.
+pub fn parse_rv(rv: Option<&str>) -> Option<u64> {
+    rv?.parse().ok()
+}
+
 fn rv(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<u64> {
-    meta.resource_version.as_deref()?.parse().ok()
+    parse_rv(meta.resource_version.as_deref())
 }
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -196,35 +198,30 @@ mod tests {
     }
 
     #[test]
-    fn a_relist_replaces_the_contents_only_when_done() {
+    fn a_list_replaces_everything_and_sets_the_progress() {
         let s: Store<ObjectKey, PodInfo> = Store::default();
-        s.apply(Event::<Pod>::Init);
-        s.apply(Event::InitApply(pod("a", "1")));
-        assert!(
-            !s.is_synced() && s.is_empty(),
-            "nothing visible before InitDone"
-        );
-        assert!(s.apply(Event::<Pod>::InitDone));
+        assert!(!s.is_synced());
+        s.upsert(&pod("old", "2"));
+        s.replace(&[pod("a", "3"), pod("b", "4")], 10);
         assert!(s.is_synced());
-        assert_eq!(s.len(), 1);
-
-        s.apply(Event::Apply(pod("b", "5")));
-        // A relist (after a 410) that no longer has a: a disappears at InitDone.
-        s.apply(Event::<Pod>::Init);
-        s.apply(Event::InitApply(pod("b", "7")));
-        assert_eq!(s.len(), 2, "old contents stay visible during the relist");
-        s.apply(Event::<Pod>::InitDone);
         let names: Vec<String> = s.values().iter().map(|p| p.key.name.clone()).collect();
-        assert_eq!(names, ["b"]);
-        assert_eq!(s.resource_version(), 7);
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            s.resource_version(),
+            10,
+            "the list's version, not its newest object's"
+        );
     }
 
     #[test]
-    fn deletes_remove_and_bump_the_resource_version() {
+    fn events_and_bookmarks_move_the_progress_forward_only() {
         let s: Store<ObjectKey, PodInfo> = Store::default();
-        s.apply(Event::Apply(pod("a", "3")));
-        s.apply(Event::Delete(pod("a", "9")));
+        s.upsert(&pod("a", "3"));
+        s.remove(&pod("a", "9"));
         assert!(s.is_empty());
         assert_eq!(s.resource_version(), 9);
+        s.advance(12);
+        s.advance(11);
+        assert_eq!(s.resource_version(), 12);
     }
 }
