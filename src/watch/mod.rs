@@ -58,6 +58,9 @@ pub struct RunConfig {
     pub nft: Nft,
 }
 
+/// Objects per page when listing.
+const LIST_PAGE: u32 = 500;
+
 pub const PODS: &str = "pods";
 pub const NAMESPACES: &str = "namespaces";
 pub const POLICIES: &str = "networkpolicies";
@@ -215,15 +218,29 @@ async fn feed<K, Key, T>(
         delay
     };
     'list: loop {
-        let list = match api.list(&ListParams::default()).await {
-            Ok(list) => list,
-            Err(e) => {
-                tokio::time::sleep(pause(&shared, &mut backoff, e.to_string())).await;
-                continue;
+        // Paged, and each page trimmed and dropped at once: a 100k-pod
+        // list as API objects is about 1 GiB; trimmed, a tenth of that.
+        let mut items = BTreeMap::new();
+        let mut params = ListParams::default().limit(LIST_PAGE);
+        let mut version: String;
+        loop {
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tokio::time::sleep(pause(&shared, &mut backoff, e.to_string())).await;
+                    continue 'list;
+                }
+            };
+            for obj in &page.items {
+                items.insert(obj.key(), Arc::new(obj.trim()));
             }
-        };
-        let mut version = list.metadata.resource_version.clone().unwrap_or_default();
-        store(&shared).replace(&list.items, parse_rv(Some(&version)).unwrap_or(0));
+            version = page.metadata.resource_version.clone().unwrap_or_default();
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        store(&shared).replace_trimmed(items, parse_rv(Some(&version)).unwrap_or(0));
         shared.set_watch_error(kind, None);
         backoff = DefaultBackoff::default();
         shared.mark_changed();

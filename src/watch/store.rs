@@ -51,6 +51,11 @@ impl<Key: Ord + Hash + Clone, T> Store<Key, T> {
             .iter()
             .map(|o| (o.key(), Arc::new(o.trim())))
             .collect();
+        self.replace_trimmed(items, resource_version);
+    }
+
+    /// Replaces everything with objects already trimmed (a paged list).
+    pub fn replace_trimmed(&self, items: BTreeMap<Key, Arc<T>>, resource_version: u64) {
         let mut inner = self.inner.lock().expect("store lock");
         inner.items = items;
         inner.synced = true;
