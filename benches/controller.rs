@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nftpol::compiler::{PodInfo, Snapshot, compile};
 use nftpol::devserver::{Config, DevServer, Handle};
+use nftpol::lab::Netns;
 use nftpol::nft::{Nft, Syncer, json, ops, render};
 use nftpol::synth::{
     SynthSpec, namespace_object, pod_object, policy_object, synth_cluster, with_local_pod_added,
@@ -113,7 +114,6 @@ static GLOBAL: Counting = Counting;
 
 const NODE: &str = "node-1";
 const TABLE: &str = "nftpol";
-const NETNS_PREFIX: &str = "nftpol-cbench-";
 const MIN_SYNC_INTERVAL: &str = "10ms";
 
 const LATENCY_TARGET: Duration = Duration::from_millis(50);
@@ -148,7 +148,6 @@ fn main() {
         report.print(quick);
         return;
     }
-    remove_stale();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -161,8 +160,7 @@ fn main() {
         PathBuf::from,
     );
     let dir = TempDir::create();
-    let ns = Netns::create(&format!("{NETNS_PREFIX}{}", std::process::id()))
-        .unwrap_or_else(|e| panic!("ip netns add: {e}"));
+    let ns = Netns::create("cbench").unwrap_or_else(|e| panic!("ip netns add: {e}"));
     eprintln!("controller binary: {}", bin.display());
 
     // The exec floor, before anything is loaded.
@@ -235,8 +233,8 @@ fn main() {
         drop(ctl);
 
         // Where a sync's time goes, phase by phase, in-process.
-        let scratch = Netns::create(&format!("{NETNS_PREFIX}{}-scratch", std::process::id()))
-            .unwrap_or_else(|e| panic!("ip netns add: {e}"));
+        let scratch =
+            Netns::create("cbench-scratch").unwrap_or_else(|e| panic!("ip netns add: {e}"));
         report.phases = phases(&scenarios, &scratch.nft(), if quick { 3 } else { 7 });
         c.stop(&runtime);
     }
@@ -940,7 +938,7 @@ impl Controller {
             .port();
         let status_addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log_file = std::fs::File::create(log).expect("controller log");
-        let nft_command = format!("ip netns exec {} nft", ns.name);
+        let nft_command = format!("ip netns exec {} nft", ns.name());
         let args = [
             "run",
             "--node-name",
@@ -1287,105 +1285,7 @@ fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<(u16, Vec<u
 
 /// `Ok` when this process may create namespaces and run nft.
 fn kernel_access() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|u| u.parse::<u32>().ok());
-    if euid != Some(0) {
-        return Err("needs root".into());
-    }
-    for tool in ["ip", "nft"] {
-        let found = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            return Err(format!("needs `{tool}`"));
-        }
-    }
-    Ok(())
-}
-
-/// A network namespace this process made; removed on drop (also when a
-/// panic unwinds).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> Result<Self, String> {
-        let out = Command::new("ip")
-            .args(["netns", "add", name])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Self { name: name.into() })
-    }
-
-    fn nft(&self) -> Nft {
-        Nft::with_command(
-            ["ip", "netns", "exec", &self.name, "nft"]
-                .map(String::from)
-                .to_vec(),
-        )
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Namespaces (and their controllers) left by an earlier run of this
-/// benchmark that was killed: its process is gone.
-fn remove_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next() else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        // A controller that still uses it: started by that run, with the
-        // namespace's name in its --nft-command.
-        let wanted = format!("ip netns exec {name} nft");
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args.iter().any(|a| a == "run") && args.contains(&wanted) {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-    }
+    nftpol::lab::unavailable().map_or(Ok(()), Err)
 }
 
 /// A directory for kubeconfigs and logs, removed on drop.

@@ -15,11 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nftpol::compiler::{Snapshot, compile, parse_policies};
+use nftpol::lab::Netns;
 use nftpol::nft::{Nft, Ruleset, Stats, Syncer, json, ops, render, to_text};
 use nftpol::synth::{SynthSpec, synth_cluster, with_local_pod_added, with_remote_pod_added};
 
 const TABLE: &str = "nftpol";
-const NETNS_PREFIX: &str = "nftpol-bench-";
 
 const COMPILE_TARGET: Duration = Duration::from_millis(50);
 const FULL_TARGET: Duration = Duration::from_millis(300);
@@ -58,9 +58,6 @@ fn main() {
         sizes.push(("10k", SynthSpec::new(10_000, 1_000, 500)));
     }
     let kernel = kernel_access();
-    if kernel.is_ok() {
-        remove_stale_namespaces();
-    }
 
     let mut cols = Vec::new();
     for (label, spec) in &sizes {
@@ -243,7 +240,7 @@ fn run_size(label: &str, spec: &SynthSpec, reps: &Reps, kernel: bool) -> Col {
     eprintln!("   compile {compile_t:.2?}, render {render_t:.2?}, {stats:?}");
 
     let kernel = kernel.then(|| {
-        let ns = Netns::create(&format!("{NETNS_PREFIX}{}-{label}", std::process::id()))
+        let ns = Netns::create(&format!("bench-{label}"))
             .unwrap_or_else(|e| panic!("ip netns add: {e}"));
         kernel_col(&ns, spec, &snap, &rs, reps)
     });
@@ -564,82 +561,5 @@ fn print_table(cols: &[Col], reps: &Reps, skipped: Option<&String>, quick: bool)
 
 /// `Ok` when this process may create namespaces and run nft.
 fn kernel_access() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|u| u.parse::<u32>().ok());
-    if euid != Some(0) {
-        return Err("needs root".into());
-    }
-    for tool in ["ip", "nft"] {
-        let found = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            return Err(format!("needs `{tool}`"));
-        }
-    }
-    Ok(())
-}
-
-/// A network namespace this process made; removed on drop (also when a
-/// panic unwinds).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> Result<Self, String> {
-        let out = Command::new("ip")
-            .args(["netns", "add", name])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Self { name: name.into() })
-    }
-
-    fn nft(&self) -> Nft {
-        Nft::with_command(
-            ["ip", "netns", "exec", &self.name, "nft"]
-                .map(String::from)
-                .to_vec(),
-        )
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Namespaces left by an earlier run of this benchmark that was killed
-/// (its process is gone).
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next() else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
+    nftpol::lab::unavailable().map_or(Ok(()), Err)
 }
