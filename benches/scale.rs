@@ -559,7 +559,12 @@ fn print_table(cols: &[Col], reps: &Reps, skipped: Option<&String>, quick: bool)
 // ---------------------------------------------------------------------------
 // Kernel access and network namespaces.
 
-/// `Ok` when this process may create namespaces and run nft.
+/// `Ok` when this process may create namespaces and run nft; else why not
+/// (printed as `skipped (needs root)` and the like).
 fn kernel_access() -> Result<(), String> {
-    nftpol::lab::unavailable().map_or(Ok(()), Err)
+    match nftpol::lab::unavailable() {
+        None => Ok(()),
+        Some(why) if why == "not root" => Err("needs root".into()),
+        Some(why) => Err(why),
+    }
 }

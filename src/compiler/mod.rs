@@ -62,13 +62,18 @@ pub(crate) struct Index<'a> {
 
 impl<'a> Index<'a> {
     pub fn new(snap: &'a Snapshot) -> Self {
-        let mut pods_by_ns: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
+        let mut grouped: HashMap<&str, Vec<&PodInfo>> = HashMap::new();
         for pod in snap.pods.iter().filter(|p| p.is_active()) {
-            pods_by_ns.entry(&pod.key.namespace).or_default().push(pod);
+            grouped.entry(&pod.key.namespace).or_default().push(pod);
         }
-        for pods in pods_by_ns.values_mut() {
-            pods.sort_by(|a, b| a.key.cmp(&b.key));
-        }
+        // Within a namespace the names decide the order.
+        let pods_by_ns: BTreeMap<&str, Vec<&PodInfo>> = grouped
+            .into_iter()
+            .map(|(ns, mut pods)| {
+                pods.sort_unstable_by(|a, b| a.key.name.cmp(&b.key.name));
+                (ns, pods)
+            })
+            .collect();
         let mut namespaces: BTreeMap<&str, Labels> = snap
             .namespaces
             .iter()
@@ -263,12 +268,15 @@ impl Builder<'_> {
         }
         let set = match peer {
             Peer::Pods { namespaces, pods } => {
-                let hosts: BTreeSet<IpAddr> = self
+                let mut ips: Vec<IpAddr> = self
                     .index
                     .peer_pods(namespaces, pods)
                     .iter()
                     .flat_map(|p| p.ips.iter().copied())
                     .collect();
+                ips.sort_unstable();
+                ips.dedup();
+                let hosts: BTreeSet<IpAddr> = ips.into_iter().collect();
                 (!hosts.is_empty()).then(|| AddrSet {
                     description: describe_pods(namespaces, pods),
                     kind: AddrSetKind::Hosts(hosts),
@@ -397,27 +405,37 @@ impl Builder<'_> {
                     }
                     Direction::Egress => {
                         // The destination is the peer: its pods' own numbers.
-                        let (key, description, pods) = match peer {
+                        let key = match peer {
                             Some(Peer::Block(_)) => continue, // never a named port
-                            Some(Peer::Pods { namespaces, pods }) => (
+                            Some(Peer::Pods { namespaces, pods }) => {
                                 format!(
                                     "named|{}|{name}|{protocol}",
                                     pods_peer_key(namespaces, pods)
-                                ),
-                                format!(
-                                    "port {name}/{protocol} of {}",
-                                    describe_pods(namespaces, pods)
-                                ),
-                                self.index.peer_pods(namespaces, pods),
-                            ),
-                            None => (
-                                format!("named|all|{name}|{protocol}"),
-                                format!("port {name}/{protocol} of every pod"),
-                                self.index.pods_by_ns.values().flatten().copied().collect(),
-                            ),
+                                )
+                            }
+                            None => format!("named|all|{name}|{protocol}"),
                         };
-                        self.port_set(key, description, &pods, name, protocol)
-                            .map(|id| (None, id))
+                        // Built once per compilation: scan the pods only then.
+                        let id = match self.peer_ids.get(&key) {
+                            Some(id) => id.clone(),
+                            None => {
+                                let (description, pods) = match peer {
+                                    Some(Peer::Pods { namespaces, pods }) => (
+                                        format!(
+                                            "port {name}/{protocol} of {}",
+                                            describe_pods(namespaces, pods)
+                                        ),
+                                        self.index.peer_pods(namespaces, pods),
+                                    ),
+                                    _ => (
+                                        format!("port {name}/{protocol} of every pod"),
+                                        self.index.pods_by_ns.values().flatten().copied().collect(),
+                                    ),
+                                };
+                                self.port_set(key, description, &pods, name, protocol)
+                            }
+                        };
+                        id.map(|id| (None, id))
                     }
                 };
                 if let Some((peer, id)) = named_match {

@@ -216,7 +216,8 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
         cx.error("metadata.name", "missing; policy skipped");
         return None;
     }
-    let spec = np.spec.clone().unwrap_or_default();
+    let default_spec = Default::default();
+    let spec = np.spec.as_ref().unwrap_or(&default_spec);
     let pod_selector = match parse_selector(spec.pod_selector.as_ref()) {
         Ok(sel) => sel,
         Err(e) => {
