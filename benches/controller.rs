@@ -628,7 +628,7 @@ fn namespace_change(snap: &Snapshot) -> (Snapshot, String) {
             p.metadata.name.as_deref().unwrap_or_default()
         );
         if local.contains(&key) {
-            collect_teams(
+            nftpol::synth::collect_team_selectors(
                 &serde_json::to_value(p.as_ref()).expect("serialize"),
                 &mut named,
             );
@@ -667,24 +667,6 @@ fn namespace_change(snap: &Snapshot) -> (Snapshot, String) {
         }
     }
     panic!("no namespace relabel changes node-1's rules");
-}
-
-fn collect_teams(v: &Value, out: &mut std::collections::BTreeSet<String>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(t) = m
-                .get("namespaceSelector")
-                .and_then(|s| s.get("matchLabels"))
-                .and_then(|l| l.get("team"))
-                .and_then(Value::as_str)
-            {
-                out.insert(t.to_string());
-            }
-            m.values().for_each(|x| collect_teams(x, out));
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_teams(x, out)),
-        _ => {}
-    }
 }
 
 struct ScenarioResult {

@@ -831,7 +831,8 @@ pub fn with_namespace_relabeled(snap: &Snapshot, _spec: &SynthSpec) -> Snapshot 
     out
 }
 
-fn collect_team_selectors(v: &Value, out: &mut BTreeSet<String>) {
+/// The `team` values of every namespaceSelector's matchLabels in `v`.
+pub fn collect_team_selectors(v: &Value, out: &mut BTreeSet<String>) {
     match v {
         Value::Object(m) => {
             if let Some(t) = m
