@@ -119,6 +119,51 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         bookmark_interval_ms: u64,
     },
+    /// Play conformance cases on a two-node Flannel cluster in network
+    /// namespaces, with `nftpol run` on each node (root; a test tool).
+    ///
+    /// Cases use the format of conformance/README.md. Prints PASS/FAIL per
+    /// case and `N passed, N failed`; exits 1 when a case failed.
+    Conformance {
+        /// Case files or directories (repeatable).
+        #[arg(long = "cases", default_value = "conformance/cases")]
+        cases: Vec<PathBuf>,
+        /// Only cases whose name or file name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Connection timeout of one probe.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        probe_timeout: Duration,
+    },
+    /// A two-node sandbox cluster with the pods of examples/cluster.yaml, a
+    /// development API server for kubectl, and nftpol on each node (root).
+    ///
+    /// `nftpol sandbox` starts it and prints the TCP/80 reachability
+    /// matrix; `nftpol sandbox probe` prints the matrix again; `nftpol
+    /// sandbox down` removes everything it made.
+    Sandbox {
+        #[command(subcommand)]
+        action: Option<SandboxAction>,
+        /// Where the state file, kubeconfig and log are kept.
+        #[arg(long, global = true, default_value = crate::sandbox::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Where the API server listens for kubectl (port 0: a free port).
+        #[arg(long, global = true, default_value = "127.0.0.1:0")]
+        api: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum SandboxAction {
+    /// Start the sandbox (the default).
+    Up,
+    /// Print the reachability matrix again.
+    Probe,
+    /// Stop the sandbox and remove everything it made.
+    Down,
+    /// The background process `up` starts (not for direct use).
+    #[command(hide = true)]
+    Serve,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -126,6 +171,7 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -277,6 +323,49 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 handle.shutdown().await;
                 Ok(())
             })
+        }
+        Command::Conformance {
+            cases,
+            filter,
+            probe_timeout,
+        } => {
+            let binary = std::env::current_exe()
+                .map_err(|e| Error::Usage(format!("cannot find the nftpol binary: {e}")))?;
+            if let Some(why) = crate::lab::unavailable() {
+                return Err(Error::Usage(format!(
+                    "the conformance runner needs root, `ip` and `nft` ({why})"
+                )));
+            }
+            let opts = crate::conformance::Options {
+                cases,
+                filter,
+                binary,
+                probe_timeout,
+            };
+            let summary = crate::conformance::run(&opts, &mut std::io::stdout().lock())
+                .map_err(Error::Run)?;
+            if summary.failed > 0 {
+                return Err(Error::Run(anyhow::anyhow!(
+                    "{} of {} cases failed",
+                    summary.failed,
+                    summary.failed + summary.passed
+                )));
+            }
+            Ok(())
+        }
+        Command::Sandbox {
+            action,
+            state_dir,
+            api,
+        } => {
+            let out = &mut std::io::stdout().lock();
+            match action.unwrap_or(SandboxAction::Up) {
+                SandboxAction::Up => crate::sandbox::up(&state_dir, api, out),
+                SandboxAction::Probe => crate::sandbox::probe(&state_dir, out),
+                SandboxAction::Down => crate::sandbox::down(&state_dir, out),
+                SandboxAction::Serve => crate::sandbox::serve(&state_dir, api),
+            }
+            .map_err(Error::Run)
         }
     }
 }

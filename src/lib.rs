@@ -15,10 +15,12 @@
 
 pub mod cli;
 pub mod compiler;
+pub mod conformance;
 pub mod devserver;
 pub mod lab;
 pub mod load;
 pub mod nft;
+pub mod sandbox;
 pub mod synth;
 pub mod watch;
 

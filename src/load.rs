@@ -39,6 +39,12 @@ struct Objects {
     policies: BTreeMap<ObjectKey, NetworkPolicy>,
 }
 
+/// How Kubernetes YAML is read: YAML 1.2 booleans only, so that `y`, `n`,
+/// `on` or `no` stay strings (a namespace called `y`), as kubectl reads them.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
 /// Reads every path (files, or directories of `*.yaml`, `*.yml`, `*.json`,
 /// recursively, in name order) into one snapshot.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Snapshot, LoadError> {
@@ -129,11 +135,12 @@ fn document_lines(text: &str) -> Vec<usize> {
 }
 
 fn load_str(path: &Path, text: &str, out: &mut Objects) -> Result<(), LoadError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| LoadError {
-        path: path.to_path_buf(),
-        line: None,
-        message: format!("not valid YAML: {e}"),
-    })?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| LoadError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("not valid YAML: {e}"),
+        })?;
     // Empty documents are dropped by the parser; the line is then a best guess.
     let lines = document_lines(text);
     for (i, doc) in docs.into_iter().enumerate() {
@@ -207,6 +214,18 @@ mod tests {
     fn documents_are_numbered_from_their_separator() {
         assert_eq!(document_lines("a: 1\n---\nb: 2\n--- \nc: 3\n"), [1, 3, 5]);
         assert_eq!(document_lines("---\na: 1\n"), [2]);
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let snap = snapshot_from_str(
+            "y.yaml",
+            "kind: Namespace\nmetadata: {name: y, labels: {team: no}}\n---\nkind: Pod\nmetadata: {name: n, namespace: y, labels: {on: off}}\n",
+        )
+        .unwrap();
+        assert_eq!(snap.namespaces["y"].labels["team"], "no");
+        assert_eq!(snap.pods[0].key.namespace, "y");
+        assert_eq!(snap.pods[0].labels["on"], "off");
     }
 
     #[test]

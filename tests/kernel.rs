@@ -602,43 +602,11 @@ fn egress_to_the_node_is_enforced_on_the_input_hook() {
     }
 }
 
-/// Installs Flannel's two FORWARD accept rules in the node: with
-/// iptables-nft when it is there, else as the same `table ip filter` in nft.
+/// Installs flanneld's iptables rules in the node (iptables-nft: its
+/// FORWARD accepts for 10.244.0.0/16 land in `table ip filter`).
 fn install_flannel_rules(node: &Node) {
-    let iptables_nft = node
-        .netns()
-        .exec(&["iptables", "-V"])
-        .is_ok_and(|v| v.contains("nf_tables"));
-    if iptables_nft {
-        for flag in ["-s", "-d"] {
-            node.netns()
-                .exec(&[
-                    "iptables",
-                    "-A",
-                    "FORWARD",
-                    flag,
-                    "10.244.0.0/16",
-                    "-j",
-                    "ACCEPT",
-                ])
-                .expect("iptables -A FORWARD");
-        }
-    } else {
-        eprintln!("iptables-nft not found: writing table ip filter with nft");
-        node.nft()
-            .run(
-                &["-f", "-"],
-                Some(
-                    b"table ip filter {\n\
-                      chain FORWARD { type filter hook forward priority filter; policy accept;\n\
-                        ip saddr 10.244.0.0/16 counter accept\n\
-                        ip daddr 10.244.0.0/16 counter accept\n\
-                      }\n\
-                    }\n",
-                ),
-            )
-            .expect("nft -f");
-    }
+    node.install_flannel_iptables("10.244.0.0/16".parse().unwrap())
+        .expect("Flannel's iptables rules (apt-get install -y iptables)");
 }
 
 #[test]

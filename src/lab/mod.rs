@@ -15,32 +15,44 @@
 //!   ([`Netns::run`]) and commands ([`Netns::exec`]) inside it.
 //! - [`Node`] / [`Pod`]: the topology. Pods are owned values; dropping
 //!   anything removes what it created, also while a test panics.
-//! - [`Netns::serve`]: TCP and UDP servers on a list of ports, run by the
-//!   test process itself (sockets keep the namespace they were opened in).
+//! - [`Netns::serve`]: TCP, UDP and SCTP servers on a list of ports, run
+//!   by the test process itself (sockets keep the namespace they were
+//!   opened in). Without kernel SCTP, a raw-socket responder answers INITs
+//!   with INIT-ACKs.
 //! - [`probe`]: many connection attempts at once, from sockets opened inside
-//!   each source namespace; a batch costs about one timeout.
+//!   each source namespace; a batch costs about one timeout. SCTP probes
+//!   are real `connect`s, or raw INITs that need a matching INIT-ACK.
 //! - [`Lan`]: the nodes' own network (bridge `lan0` 192.168.56.1/24 in a
 //!   namespace of its own); [`Node::join_lan`] plugs a node's `eth0` into
 //!   it. An API server for the nodes listens there ([`Lan::listen_tcp`]).
+//! - [`flannel_vxlan_mesh`]: Flannel's VXLAN (`flannel.1`) between nodes
+//!   on a LAN, and [`Node::install_flannel_iptables`]: flanneld's rules.
 //! - [`Controller`]: the real `nftpol run` as a process inside a node, its
 //!   `/status` and `/readyz` read over the LAN ([`http_get`]).
 //!
 //! Nothing here touches the caller's own network namespace.
 
+mod cluster;
 mod controller;
+mod flannel;
 mod http;
 mod lan;
 mod netns;
 pub mod probe;
+mod sctp;
 mod server;
 mod topology;
 
 use std::process::Command;
 
+pub use cluster::{
+    CLUSTER_CIDR, Cluster, ClusterError, ClusterSpec, KINDS, Reachability, VXLAN_MTU, object_key,
+};
 pub use controller::{Controller, ControllerConfig, ControllerStatus};
+pub use flannel::flannel_vxlan_mesh;
 pub use http::{HttpResponse, http_get};
 pub use lan::{LAN_BRIDGE, Lan, NODE_LAN_IFACE};
-pub use netns::Netns;
+pub use netns::{Netns, remove_namespaces_of};
 pub use probe::{DEFAULT_TIMEOUT, Probe, probe, probe_all};
 pub use server::Port;
 pub use topology::{Node, NodeConfig, Pod};

@@ -28,6 +28,8 @@ static SWEEP: Once = Once::new();
 pub struct Netns {
     name: String,
     servers: Mutex<Vec<Servers>>,
+    /// Created by this value (deleted on drop), or only attached to.
+    owned: bool,
 }
 
 impl Netns {
@@ -53,9 +55,27 @@ impl Netns {
         let ns = Self {
             name,
             servers: Mutex::new(Vec::new()),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on an existing namespace that another process made (e.g.
+    /// the sandbox's pods): usable like any other, never deleted on drop.
+    pub fn attach(name: &str) -> Result<Self, LabError> {
+        let path = PathBuf::from(NETNS_DIR).join(name);
+        if !path.exists() {
+            return Err(LabError::Unsupported(format!(
+                "no network namespace {name} ({} is missing)",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            servers: Mutex::new(Vec::new()),
+            owned: false,
+        })
     }
 
     /// The name `ip netns` knows it by.
@@ -112,9 +132,14 @@ impl Netns {
         self.exec(&["conntrack", "-F"]).map(|_| ())
     }
 
-    /// Starts TCP and UDP servers on `ports` (IPv4, and IPv6 when `v6`),
-    /// running until this namespace is dropped. TCP: accept, send one byte
-    /// `+`, then echo. UDP: echo each datagram to its sender.
+    /// Starts TCP, UDP and SCTP servers on `ports` (IPv4, and IPv6 when
+    /// `v6`), running until this namespace is dropped. TCP: accept, send one
+    /// byte `+`, then echo. UDP: echo each datagram to its sender. SCTP: a
+    /// listening one-to-one socket served like TCP where the kernel has
+    /// SCTP ([`super::probe::kernel_has_sctp`]); otherwise a raw socket of
+    /// IP protocol 132 that answers each INIT to one of these ports with an
+    /// INIT-ACK and ignores every other packet (nothing beyond the
+    /// handshake's first two packets: enough for probes and conntrack).
     pub fn serve(&self, ports: &[Port], v6: bool) -> Result<(), LabError> {
         let sockets = self.run(|| Servers::open(ports, v6))??;
         let servers = Servers::start(&self.name, sockets)?;
@@ -133,6 +158,9 @@ impl Drop for Netns {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        if !self.owned {
+            return;
+        }
         if let Err(e) = run_cmd(&["ip", "netns", "del", &self.name]) {
             eprintln!("lab: could not delete namespace {}: {e}", self.name);
         }
@@ -159,6 +187,21 @@ pub(crate) fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Resul
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Deletes every lab namespace process `pid` made (for a process that was
+/// killed before its destructors ran); returns how many.
+pub fn remove_namespaces_of(pid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return 0;
+    };
+    let prefix = format!("{PREFIX}{pid}-");
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .filter(|name| run_cmd(&["ip", "netns", "del", name]).is_ok())
+        .count()
 }
 
 /// Deletes lab namespaces left by processes that no longer run (a test

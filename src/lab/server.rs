@@ -1,7 +1,10 @@
-//! TCP and UDP servers inside a namespace, served by one thread of the
-//! test process. The sockets are opened by a thread that entered the
-//! namespace; serving them needs no namespace at all.
+//! TCP, UDP and SCTP servers inside a namespace, served by one thread of
+//! the test process. The sockets are opened by a thread that entered the
+//! namespace; serving them needs no namespace at all. SCTP is a real
+//! listening socket where the kernel has SCTP, else a raw-socket responder
+//! that answers INITs (see [`super::sctp`]).
 
+use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
@@ -12,16 +15,20 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use socket2::{Domain, Socket, Type};
 
 use super::LabError;
+use super::sctp::{self, Responder};
 use crate::compiler::Protocol;
 
 /// A transport port to serve or probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Port {
+    /// TCP, UDP or SCTP.
     pub proto: Protocol,
+    /// The port number.
     pub port: u16,
 }
 
 impl Port {
+    /// A TCP port.
     pub const fn tcp(port: u16) -> Self {
         Self {
             proto: Protocol::Tcp,
@@ -29,9 +36,18 @@ impl Port {
         }
     }
 
+    /// A UDP port.
     pub const fn udp(port: u16) -> Self {
         Self {
             proto: Protocol::Udp,
+            port,
+        }
+    }
+
+    /// An SCTP port.
+    pub const fn sctp(port: u16) -> Self {
+        Self {
+            proto: Protocol::Sctp,
             port,
         }
     }
@@ -46,8 +62,11 @@ impl std::fmt::Display for Port {
 /// Listening sockets, opened but not yet served.
 #[derive(Debug)]
 pub(crate) enum Listening {
+    /// TCP, or SCTP one-to-one style (accepted and served the same way).
     Tcp(TcpListener),
     Udp(UdpSocket),
+    /// SCTP without kernel support: INITs answered from a raw socket.
+    SctpRaw(Responder),
 }
 
 /// A running server thread; dropping it stops the thread and closes every
@@ -62,7 +81,26 @@ impl Servers {
     /// Opens the sockets; must run inside the namespace.
     pub fn open(ports: &[Port], v6: bool) -> Result<Vec<Listening>, LabError> {
         let mut out = Vec::new();
-        for port in ports {
+        let raw_sctp = !sctp::kernel_has_sctp();
+        if raw_sctp {
+            let sctp_ports: BTreeSet<u16> = ports
+                .iter()
+                .filter(|p| p.proto == Protocol::Sctp)
+                .map(|p| p.port)
+                .collect();
+            if !sctp_ports.is_empty() {
+                for family_v6 in [false, true].into_iter().filter(|f| !f || v6) {
+                    let r = Responder::open(sctp_ports.clone(), family_v6).map_err(|e| {
+                        LabError::io(format!("opening a raw SCTP socket for {sctp_ports:?}"), e)
+                    })?;
+                    out.push(Listening::SctpRaw(r));
+                }
+            }
+        }
+        for port in ports
+            .iter()
+            .filter(|p| !(raw_sctp && p.proto == Protocol::Sctp))
+        {
             let mut addrs = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port.port))];
             if v6 {
                 addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port.port)));
@@ -105,12 +143,11 @@ fn listen(addr: SocketAddr, proto: Protocol) -> std::io::Result<Listening> {
     let sock = match proto {
         Protocol::Tcp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
         Protocol::Udp => Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?,
-        Protocol::Sctp => {
-            return Err(std::io::Error::new(
-                ErrorKind::Unsupported,
-                "SCTP servers are not implemented in the lab yet",
-            ));
-        }
+        Protocol::Sctp => Socket::new(
+            domain,
+            Type::STREAM,
+            Some(socket2::Protocol::from(sctp::IPPROTO_SCTP)),
+        )?,
     };
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
@@ -119,11 +156,11 @@ fn listen(addr: SocketAddr, proto: Protocol) -> std::io::Result<Listening> {
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     Ok(match proto {
-        Protocol::Tcp => {
+        Protocol::Tcp | Protocol::Sctp => {
             sock.listen(128)?;
             Listening::Tcp(sock.into())
         }
-        _ => Listening::Udp(sock.into()),
+        Protocol::Udp => Listening::Udp(sock.into()),
     })
 }
 
@@ -139,6 +176,7 @@ fn serve(stop: UnixStream, sockets: Vec<Listening>) {
                 let fd = match s {
                     Listening::Tcp(l) => l.as_fd(),
                     Listening::Udp(u) => u.as_fd(),
+                    Listening::SctpRaw(r) => r.socket().as_fd(),
                 };
                 PollFd::new(fd, PollFlags::POLLIN)
             }));
@@ -180,6 +218,7 @@ fn serve(stop: UnixStream, sockets: Vec<Listening>) {
                         let _ = u.send_to(&buf[..n], from);
                     }
                 }
+                Listening::SctpRaw(r) => r.answer_pending(),
             }
         }
         let first_conn = 1 + sockets.len();

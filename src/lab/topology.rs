@@ -24,6 +24,9 @@ pub struct NodeConfig {
     pub bridge_v4: Ipv4Net,
     /// The bridge's IPv6 address, for dual-stack pods.
     pub bridge_v6: Option<Ipv6Net>,
+    /// The MTU of `cni0` and of every pod's veth pair (both ends); `None`
+    /// keeps the kernel's default (1500). Flannel's VXLAN needs 1450.
+    pub mtu: Option<u32>,
 }
 
 impl NodeConfig {
@@ -34,7 +37,15 @@ impl NodeConfig {
             bridge_v4: Ipv4Net::new(Ipv4Addr::new(10, 244, index, 1), 24)
                 .expect("24 is a valid prefix"),
             bridge_v6: None,
+            mtu: None,
         }
+    }
+
+    /// Sets the MTU of `cni0` and of the pods' interfaces, e.g. 1450 for
+    /// Flannel's VXLAN (see [`super::flannel_vxlan_mesh`]).
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
     }
 
     /// Adds IPv6: bridge fd00:10:244:INDEX::1/64, where INDEX is the third
@@ -61,6 +72,8 @@ pub struct Node {
 }
 
 impl Node {
+    /// Creates the node's namespace with its `cni0` bridge, forwarding on
+    /// and the br_netfilter sysctls set.
     pub fn new(config: NodeConfig) -> Result<Self, LabError> {
         let netns = Netns::create(&config.name)?;
         let node = Self {
@@ -70,7 +83,13 @@ impl Node {
             lan: OnceLock::new(),
         };
         let ns = &node.netns;
-        ns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        let mtu = node.config.mtu.map(|m| m.to_string());
+        let mut add = vec!["link", "add", BRIDGE];
+        if let Some(m) = &mtu {
+            add.extend(["mtu", m.as_str()]);
+        }
+        add.extend(["type", "bridge"]);
+        ns.ip(&add)?;
         ns.ip(&[
             "addr",
             "add",
@@ -91,14 +110,17 @@ impl Node {
         Ok(node)
     }
 
+    /// The Kubernetes node name.
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
+    /// What the node was built from.
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }
 
+    /// The node's own namespace (the "host" of its pods).
     pub fn netns(&self) -> &Netns {
         &self.netns
     }
@@ -132,7 +154,8 @@ impl Node {
         self.netns.nft()
     }
 
-    /// Starts servers on `ports` in the node's namespace (on every address).
+    /// Starts servers on `ports` (TCP, UDP, SCTP) in the node's namespace
+    /// (on every address).
     pub fn serve(&self, ports: &[super::Port]) -> Result<(), LabError> {
         self.netns.serve(ports, self.config.bridge_v6.is_some())
     }
@@ -164,18 +187,14 @@ impl Node {
         let netns = Netns::create(name)?;
         let veth = format!("veth{}", self.veths.fetch_add(1, Ordering::Relaxed));
         // Created in the node's namespace: the host never sees these links.
-        self.netns.ip(&[
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            POD_IFACE,
-            "netns",
-            netns.name(),
-        ])?;
+        let mtu = self.config.mtu.map(|m| m.to_string());
+        let mtu_args: Vec<&str> = mtu.iter().flat_map(|m| ["mtu", m.as_str()]).collect();
+        let mut add = vec!["link", "add", &veth];
+        add.extend(&mtu_args);
+        add.extend(["type", "veth", "peer", "name", POD_IFACE]);
+        add.extend(&mtu_args);
+        add.extend(["netns", netns.name()]);
+        self.netns.ip(&add)?;
         self.netns
             .ip(&["link", "set", &veth, "master", BRIDGE, "up"])?;
         let v4 = format!("{ipv4}/{}", self.config.bridge_v4.prefix_len());
@@ -209,18 +228,22 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The name given to [`Node::add_pod`].
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The pod's namespace.
     pub fn netns(&self) -> &Netns {
         &self.netns
     }
 
+    /// The pod's IPv4 address.
     pub fn ipv4(&self) -> Ipv4Addr {
         self.ipv4
     }
 
+    /// The pod's IPv6 address, when its node is dual-stack.
     pub fn ipv6(&self) -> Option<Ipv6Addr> {
         self.ipv6
     }
@@ -232,7 +255,8 @@ impl Pod {
         out
     }
 
-    /// Starts servers on `ports` on all of the pod's addresses.
+    /// Starts servers on `ports` (TCP, UDP, SCTP) on all of the pod's
+    /// addresses, until the pod is dropped (see [`Netns::serve`]).
     pub fn serve(&self, ports: &[super::Port]) -> Result<(), LabError> {
         self.netns.serve(ports, self.ipv6.is_some())
     }
