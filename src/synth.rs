@@ -831,6 +831,88 @@ pub fn with_namespace_relabeled(snap: &Snapshot, _spec: &SynthSpec) -> Snapshot 
     out
 }
 
+/// A local pod moved to another app of its namespace (labels `app` and
+/// `tier`) so that the node's plan changes: the first isolated local pod
+/// (by key) for which it does. ([`with_pod_relabeled`] may pick a pod that
+/// only namespace-wide policies select, as it does in the 50k cluster.)
+pub fn with_pod_relabeled_for_node(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
+    let base = compile(snap, &spec.node).plan;
+    for pod in isolated_local_pods(snap, spec).into_iter().take(50) {
+        let mut apps: BTreeMap<&str, &str> = BTreeMap::new();
+        for p in snap
+            .pods
+            .iter()
+            .filter(|p| p.key.namespace == pod.key.namespace)
+        {
+            if let (Some(a), Some(t)) = (p.labels.get("app"), p.labels.get("tier")) {
+                apps.insert(a, t);
+            }
+        }
+        let current = pod.labels.get("app").map(String::as_str);
+        for (app, tier) in apps.iter().filter(|(a, _)| Some(**a) != current) {
+            let mut new = pod.clone();
+            let labels = &mut new.labels;
+            labels.insert("app".into(), app.to_string());
+            labels.insert("tier".into(), tier.to_string());
+            let out = replace_pod(snap, &pod.key, new);
+            if compile(&out, &spec.node).plan != base {
+                return out;
+            }
+        }
+    }
+    panic!(
+        "no relabel of a local pod changes the plan of {}",
+        spec.node
+    );
+}
+
+/// A tenant namespace moved to another team so that the node's plan
+/// changes: into a team that a namespaceSelector of one of the node's
+/// policies names, or out of one. ([`with_namespace_relabeled`] may pick a
+/// namespace that no policy of the node cares about, as it does in the 10k
+/// cluster.) Returns the snapshot and the namespace's name.
+pub fn with_namespace_relabeled_for_node(snap: &Snapshot, spec: &SynthSpec) -> (Snapshot, String) {
+    let base = compile(snap, &spec.node).plan;
+    let local: BTreeSet<&ObjectKey> = base.policies.keys().map(|id| &id.policy).collect();
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    for p in &snap.policies {
+        let key = ObjectKey::new(
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.name.clone().unwrap_or_default(),
+        );
+        if local.contains(&key) {
+            let v = serde_json::to_value(p.as_ref()).expect("policies serialize");
+            collect_team_selectors(&v, &mut named);
+        }
+    }
+    let with_pods: BTreeSet<&str> = snap.pods.iter().map(|p| p.key.namespace.as_str()).collect();
+    let tenants = snap
+        .namespaces
+        .values()
+        .filter(|ns| ns.name != KUBE_SYSTEM && ns.name != MONITORING)
+        .filter(|ns| with_pods.contains(ns.name.as_str()));
+    for ns in tenants.take(50) {
+        let Some(team) = ns.labels.get("team") else {
+            continue;
+        };
+        // Into a named team, or out of one.
+        let target = if named.contains(team) {
+            TEAMS.iter().find(|t| !named.contains(**t))
+        } else {
+            TEAMS.iter().find(|t| named.contains(**t))
+        };
+        let Some(target) = target else { continue };
+        let mut new = ns.clone();
+        new.labels.insert("team".into(), target.to_string());
+        let mut out = snap.clone();
+        out.add_namespace(new);
+        if compile(&out, &spec.node).plan != base {
+            return (out, ns.name.clone());
+        }
+    }
+    panic!("no namespace relabel changes the plan of {}", spec.node);
+}
+
 /// The `team` values of every namespaceSelector's matchLabels in `v`.
 pub fn collect_team_selectors(v: &Value, out: &mut BTreeSet<String>) {
     match v {
@@ -1084,6 +1166,24 @@ mod tests {
         let plan = compile(&remote, &spec.node).plan;
         assert_eq!(plan.pods, base.pods);
         assert_ne!(plan.addr_sets, base.addr_sets);
+    }
+
+    #[test]
+    fn relabels_for_the_node_change_its_plan() {
+        for spec in [small(), SynthSpec::new(10_000, 1000, 500)] {
+            let snap = synth_cluster(&spec);
+            let next = with_pod_relabeled_for_node(&snap, &spec);
+            assert_ne!(
+                compile(&next, &spec.node).plan,
+                compile(&snap, &spec.node).plan
+            );
+            let (next, ns) = with_namespace_relabeled_for_node(&snap, &spec);
+            assert_ne!(snap.namespaces[&ns].labels, next.namespaces[&ns].labels);
+            assert_ne!(
+                compile(&next, &spec.node).plan,
+                compile(&snap, &spec.node).plan
+            );
+        }
     }
 
     #[test]
