@@ -46,11 +46,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use nftpol::compiler::{PodInfo, Snapshot, compile};
+use nftpol::compiler::{Incremental, PodInfo, Snapshot, compile, policy_key};
 use nftpol::devserver::{Config, DevServer, Handle};
 use nftpol::lab::Netns;
 use nftpol::nft::{Nft, Syncer, json, ops, render};
@@ -58,6 +59,8 @@ use nftpol::synth::{
     SynthSpec, namespace_object, pod_object, policy_object, synth_cluster, with_local_pod_added,
     with_pod_relabeled, with_policy_added,
 };
+use nftpol::watch::Delta;
+use nftpol::watch::store::Changes;
 use serde_json::{Value, json};
 
 /// Counts live and peak heap bytes, for `NFTPOL_BENCH_PROFILE=mem` (the
@@ -782,7 +785,11 @@ impl Driver<'_> {
 
 struct Phases {
     name: &'static str,
+    /// The incremental compiler as the controller runs it: the change's
+    /// objects fed in, then the whole plan compiled.
     compile: Duration,
+    /// A compilation from scratch of the same cluster, for comparison.
+    compile_fresh: Duration,
     render: Duration,
     /// ops::diff + json::batch + serde_json::to_vec.
     diff: Duration,
@@ -790,6 +797,44 @@ struct Phases {
     exec: Duration,
     commands: usize,
     bytes: usize,
+}
+
+/// The store changes that turn the objects of `a` into those of `b`.
+fn delta(a: &Snapshot, b: &Snapshot) -> Delta {
+    fn diff<K: Ord + Clone, T: PartialEq>(
+        a: BTreeMap<K, Arc<T>>,
+        b: BTreeMap<K, Arc<T>>,
+    ) -> Changes<K, T> {
+        let mut out: Vec<(K, Option<Arc<T>>)> = b
+            .iter()
+            .filter(|(k, v)| a.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        out.extend(
+            a.keys()
+                .filter(|k| !b.contains_key(*k))
+                .map(|k| (k.clone(), None)),
+        );
+        Changes::Some(out)
+    }
+    let pods = |s: &Snapshot| s.pods.iter().map(|p| (p.key.clone(), p.clone())).collect();
+    let nss = |s: &Snapshot| {
+        s.namespaces
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .collect()
+    };
+    let pols = |s: &Snapshot| {
+        s.policies
+            .iter()
+            .map(|p| (policy_key(p), p.clone()))
+            .collect()
+    };
+    Delta {
+        pods: diff(pods(a), pods(b)),
+        namespaces: diff(nss(a), nss(b)),
+        policies: diff(pols(a), pols(b)),
+    }
 }
 
 /// For each scenario's first change: the phases of the sync it causes,
@@ -801,7 +846,24 @@ fn phases(scenarios: &[Scenario], nft: &Nft, runs: usize) -> Vec<Phases> {
         let before = render(&compile(&sc.before, NODE).plan, TABLE);
         syncer.force_full();
         syncer.sync(before.clone()).expect("full sync (scratch)");
-        let compile_t = median_of(runs, || {
+        // As the controller holds it: loaded, compiled once, then the
+        // change in and the plan out; the reversal (untimed) after each.
+        let mut inc = Some(Incremental::from_snapshot(&sc.before, NODE));
+        inc.as_mut().expect("a compiler").compile();
+        let mut times = Vec::new();
+        for _ in 0..runs.max(7) {
+            let forward = delta(&sc.before, &sc.after);
+            let back = delta(&sc.after, &sc.before);
+            let t = Instant::now();
+            let mut c = forward.apply(inc.take(), NODE);
+            std::hint::black_box(c.compile());
+            times.push(t.elapsed());
+            let mut c = back.apply(Some(c), NODE);
+            c.compile();
+            inc = Some(c);
+        }
+        let compile_t = median(times);
+        let compile_fresh = median_of(runs, || {
             std::hint::black_box(compile(&sc.after, NODE));
         });
         let plan = compile(&sc.after, NODE).plan;
@@ -828,6 +890,7 @@ fn phases(scenarios: &[Scenario], nft: &Nft, runs: usize) -> Vec<Phases> {
         out.push(Phases {
             name: sc.name,
             compile: compile_t,
+            compile_fresh,
             render: render_t,
             diff: diff_t,
             exec: median(execs),
@@ -1364,7 +1427,6 @@ fn dump_batches(dir: &Path) {
 
 fn profile(what: &str) {
     use k8s_openapi::api::core::v1::{Namespace, Pod};
-    use kube::core::ObjectList;
     use nftpol::watch::Stores;
 
     if let Some(dir) = what.strip_prefix("batches:") {
@@ -1397,8 +1459,8 @@ fn profile(what: &str) {
         ]);
     };
 
-    // The pod list as one body: the controller lists without `limit` (and
-    // the devserver ignores it anyway), so every pod comes in one page.
+    // The pod list as one body: the devserver ignores `limit`, so every pod
+    // comes in one page.
     let list = |kind: &str, items: Vec<Value>| {
         serde_json::to_vec(&json!({
             "kind": kind, "apiVersion": "v1",
@@ -1413,12 +1475,12 @@ fn profile(what: &str) {
     let body_len = body.len();
     let hb = heap();
     reset_peak();
-    // As the controller's list: the whole body parsed, then the store
-    // replaced from the parsed items, then both dropped.
-    let pods: ObjectList<Pod> = serde_json::from_slice(&body).expect("a PodList");
-    let parsed = heap();
-    stores.pods.replace(&pods.items, 1);
-    drop(pods);
+    // As the controller's list: each item trimmed (labels and ports shared)
+    // as soon as it is parsed, then the store replaced, then the body dropped.
+    let mut items = BTreeMap::new();
+    nftpol::watch::list::read_list(&body[..], &mut items, |p: &Pod| stores.pods.trim(p))
+        .expect("a PodList");
+    stores.pods.replace_trimmed(items, 1);
     drop(body);
     let peak_list = PEAK.load(Ordering::Relaxed) - hp.live;
     let h1 = heap();
@@ -1430,21 +1492,14 @@ fn profile(what: &str) {
         format!("{} of JSON", mb(body_len)),
     );
     row(
-        "pods list: parsed (Vec<Pod>)",
-        parsed.live - hb.live,
-        parsed.chunks - hb.chunks,
-        parsed.allocs - hb.allocs,
-        String::new(),
-    );
-    row(
-        "pods list: peak (body + Vec<Pod> + new store)",
+        "pods list: peak (body + store as it fills)",
         peak_list,
         0,
         0,
         "bytes asked for at the worst moment".into(),
     );
     row(
-        "pods store (Arc<PodInfo> in a BTreeMap), kept",
+        "pods store (Arc<PodInfo> in a BTreeMap, shared labels), kept",
         h1.live - hp.live,
         h1.chunks - hp.chunks,
         h1.allocs - hp.allocs,
@@ -1481,51 +1536,68 @@ fn profile(what: &str) {
         format!("{} policies", snap.policies.len()),
     );
 
-    // One full sync: snapshot, compile, render, the full batch.
+    // One full sync, as the controller's first: the compiler built from
+    // the stores, compile, render, the full batch.
     let base = reset_peak();
     let t = Instant::now();
-    let s = stores.snapshot();
-    let c = compile(&s, NODE);
+    let mut inc = stores.take_changes().apply(None, NODE);
+    let c = inc.compile();
     let t_compile = t.elapsed();
+    drop(c);
+    let hc = heap();
+    row(
+        "incremental compiler (indexes, parsed policies, cached sets), kept",
+        hc.live - h3.live,
+        hc.chunks - h3.chunks,
+        hc.allocs - h3.allocs,
+        String::new(),
+    );
+    let c = inc.compile();
     let rs = render(&c.plan, TABLE);
     let full_ops = ops::full(&rs);
     let doc = json::batch(TABLE, &full_ops);
     let bytes = serde_json::to_vec(&doc).expect("serialize");
     let peak_full = PEAK.load(Ordering::Relaxed) - base;
     let batch_len = bytes.len();
-    drop((bytes, doc, full_ops, c, s));
+    drop((bytes, doc, full_ops, c));
     let h4 = heap();
     row(
         "applied ruleset (the Syncer's copy), kept",
-        h4.live - h3.live,
-        h4.chunks - h3.chunks,
-        h4.allocs - h3.allocs,
+        h4.live - hc.live,
+        h4.chunks - hc.chunks,
+        h4.allocs - hc.allocs,
         format!("{:?}", rs.stats()),
     );
     row(
-        "peak of a full sync (snapshot+compile+render+batch)",
+        "peak of a full sync (compiler+compile+render+batch)",
         peak_full,
         0,
         0,
-        format!("JSON batch {}; compile {}", mb(batch_len), ms(t_compile)),
+        format!(
+            "JSON batch {}; compiler built + compile {}",
+            mb(batch_len),
+            ms(t_compile)
+        ),
     );
-    // One incremental sync.
+    // One incremental sync (a pod added on the node).
+    let added = with_local_pod_added(&snap, &spec);
+    let change = delta(&snap, &added);
     let base = reset_peak();
     let t = Instant::now();
-    let s = stores.snapshot();
-    let c = compile(&s, NODE);
+    let mut inc = change.apply(Some(inc), NODE);
+    let c = inc.compile();
     let t_compile = t.elapsed();
     let rs2 = render(&c.plan, TABLE);
     let d = ops::diff(&rs, &rs2).expect("diff");
     let doc = json::batch(TABLE, &d);
     let peak_incr = PEAK.load(Ordering::Relaxed) - base;
-    drop((doc, d, rs2, c, s));
+    drop((doc, d, rs2, c, added));
     row(
-        "peak of an incremental sync",
+        "peak of an incremental sync (a pod added)",
         peak_incr,
         0,
         0,
-        format!("compile {}", ms(t_compile)),
+        format!("change in + compile {}", ms(t_compile)),
     );
     let rss = self_rss_kib();
     // SAFETY: glibc's malloc_trim only releases free memory.
@@ -1788,6 +1860,7 @@ impl Report {
                 vec![
                     p.name.to_string(),
                     ms(p.compile),
+                    ms(p.compile_fresh),
                     ms(p.render),
                     ms(p.diff),
                     ms(p.exec),
@@ -1800,7 +1873,8 @@ impl Report {
             &mut out,
             &[
                 "one sync, in-process (medians)",
-                "compile",
+                "change in + compile",
+                "(from scratch)",
                 "render",
                 "diff + batch",
                 "nft exec (netns)",

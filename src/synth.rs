@@ -354,16 +354,19 @@ pub fn synth_cluster(spec: &SynthSpec) -> Snapshot {
                 ns.name.clone(),
                 format!("{}-{}-{:05x}", app.name, app.template_hash, j),
             ),
-            labels: l,
-            node: Some(if node == 0 {
-                spec.node.clone()
-            } else {
-                remote_node_name(spec, node)
-            }),
+            labels: l.into(),
+            node: Some(
+                if node == 0 {
+                    spec.node.clone()
+                } else {
+                    remote_node_name(spec, node)
+                }
+                .into(),
+            ),
             ips,
             host_network: false,
             phase: Some("Running".into()),
-            named_ports: app.ports.clone(),
+            named_ports: app.ports.clone().into(),
         });
     }
 
@@ -745,8 +748,9 @@ pub fn with_pod_relabeled(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
         let current = pod.labels.get("app").map(String::as_str);
         if let Some((app, tier)) = apps.iter().find(|(a, _)| Some(**a) != current) {
             let mut new = pod.clone();
-            new.labels.insert("app".into(), app.to_string());
-            new.labels.insert("tier".into(), tier.to_string());
+            let labels = Arc::make_mut(&mut new.labels);
+            labels.insert("app".into(), app.to_string());
+            labels.insert("tier".into(), tier.to_string());
             return replace_pod(snap, &pod.key, new);
         }
     }
@@ -851,7 +855,7 @@ pub fn with_pod_relabeled_for_node(snap: &Snapshot, spec: &SynthSpec) -> Snapsho
         let current = pod.labels.get("app").map(String::as_str);
         for (app, tier) in apps.iter().filter(|(a, _)| Some(**a) != current) {
             let mut new = pod.clone();
-            let labels = &mut new.labels;
+            let labels = Arc::make_mut(&mut new.labels);
             labels.insert("app".into(), app.to_string());
             labels.insert("tier".into(), tier.to_string());
             let out = replace_pod(snap, &pod.key, new);
@@ -1004,7 +1008,7 @@ pub fn pod_object(pod: &PodInfo) -> Value {
         "terminationGracePeriodSeconds": 30,
     });
     if let Some(node) = &pod.node {
-        spec["nodeName"] = json!(node);
+        spec["nodeName"] = json!(node.as_ref());
     }
     if pod.host_network {
         spec["hostNetwork"] = json!(true);
@@ -1017,7 +1021,7 @@ pub fn pod_object(pod: &PodInfo) -> Value {
         "qosClass": "Burstable",
     });
     if let Some(phase) = &pod.phase {
-        status["phase"] = json!(phase);
+        status["phase"] = json!(phase.as_ref());
     }
     if let Some(first) = pod.ips.first() {
         status["podIP"] = json!(first.to_string());
@@ -1038,7 +1042,7 @@ pub fn pod_object(pod: &PodInfo) -> Value {
         "metadata": {
             "name": pod.key.name,
             "namespace": pod.key.namespace,
-            "labels": pod.labels,
+            "labels": &*pod.labels,
             "ownerReferences": [{
                 "apiVersion": "apps/v1",
                 "kind": "ReplicaSet",

@@ -47,7 +47,7 @@ fn cluster(policies: Vec<NetworkPolicy>) -> Snapshot {
 
 fn ip_of(snap: &Snapshot, pod: &str) -> (IpAddr, String) {
     let p = snap.pod(&key(pod)).expect("pod exists");
-    (p.ips[0], p.node.clone().unwrap())
+    (p.ips[0], p.node.as_deref().unwrap().to_string())
 }
 
 /// Whether a new connection from pod `from` to pod `to` gets through both

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::policy::Direction;
 use super::snapshot::{ObjectKey, Protocol};
@@ -112,8 +113,9 @@ pub struct Plan {
     pub pods: Vec<PodChain>,
     /// Policy chains that allow something, used by at least one local pod.
     pub policies: BTreeMap<PolicyId, PolicyChain>,
-    pub addr_sets: BTreeMap<SetId, AddrSet>,
-    pub port_sets: BTreeMap<SetId, PortSet>,
+    /// Shared with the compiler's cache: a plan costs no copy of them.
+    pub addr_sets: BTreeMap<SetId, Arc<AddrSet>>,
+    pub port_sets: BTreeMap<SetId, Arc<PortSet>>,
 }
 
 impl Plan {

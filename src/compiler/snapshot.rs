@@ -4,7 +4,7 @@
 //! networking, named container ports). NetworkPolicies stay as the API's own
 //! type, because the compiler validates them field by field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -105,24 +105,35 @@ impl fmt::Display for ObjectKey {
 }
 
 /// What the compiler needs of a Pod.
+///
+/// Labels, named ports, node name and phase are shared: the pods of one
+/// workload have the same ones, and an [`Interner`] lets 100k pods hold a
+/// few thousand label sets instead of 100k (`Arc::make_mut` changes one
+/// pod's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
     pub key: ObjectKey,
-    pub labels: Labels,
-    pub node: Option<String>,
+    pub labels: Arc<Labels>,
+    pub node: Option<Arc<str>>,
     /// `status.podIPs` (or `status.podIP` when the list is absent), parsed.
     pub ips: Vec<IpAddr>,
     pub host_network: bool,
     /// `status.phase`, when known.
-    pub phase: Option<String>,
+    pub phase: Option<Arc<str>>,
     /// Named container ports of the pod's (regular) containers.
-    pub named_ports: Vec<NamedPort>,
+    pub named_ports: Arc<[NamedPort]>,
 }
 
 impl PodInfo {
     /// Trims an API Pod. Unparseable IPs and unnamed or malformed ports are
     /// left out (the API server never stores them).
     pub fn from_pod(pod: &Pod) -> Self {
+        Self::from_pod_in(pod, &mut Interner::default())
+    }
+
+    /// [`from_pod`](Self::from_pod), sharing labels and ports through
+    /// `interner` with the pods trimmed before.
+    pub fn from_pod_in(pod: &Pod, interner: &mut Interner) -> Self {
         let meta = &pod.metadata;
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
@@ -163,12 +174,16 @@ impl PodInfo {
                 meta.namespace.clone().unwrap_or_else(|| "default".into()),
                 meta.name.clone().unwrap_or_default(),
             ),
-            labels: meta.labels.clone().unwrap_or_default(),
-            node: spec.and_then(|s| s.node_name.clone()),
+            labels: interner.labels(meta.labels.clone().unwrap_or_default()),
+            node: spec
+                .and_then(|s| s.node_name.as_deref())
+                .map(|n| interner.str(n)),
             ips,
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-            phase: status.and_then(|s| s.phase.clone()),
-            named_ports,
+            phase: status
+                .and_then(|s| s.phase.as_deref())
+                .map(|p| interner.str(p)),
+            named_ports: interner.ports(named_ports),
         }
     }
 
@@ -199,6 +214,73 @@ impl PodInfo {
             .iter()
             .find(|p| p.name == name && p.protocol == protocol)
             .map(|p| p.port)
+    }
+}
+
+/// Shares equal label sets, named-port lists and short strings (node
+/// names, phases) between the pods trimmed through it. Entries no pod holds any more are dropped now and then (when
+/// the tables have doubled since), so it stays as large as what it shares.
+#[derive(Debug, Default)]
+pub struct Interner {
+    labels: HashSet<Arc<Labels>>,
+    ports: HashSet<Arc<[NamedPort]>>,
+    strings: HashSet<Arc<str>>,
+    /// Entries left after the last sweep.
+    swept: usize,
+}
+
+impl Interner {
+    /// The shared copy of `labels`.
+    pub fn labels(&mut self, labels: Labels) -> Arc<Labels> {
+        if let Some(shared) = self.labels.get(&labels) {
+            return shared.clone();
+        }
+        let shared = Arc::new(labels);
+        self.labels.insert(shared.clone());
+        self.sweep_if_due();
+        shared
+    }
+
+    /// The shared copy of a list of named ports.
+    pub fn ports(&mut self, ports: Vec<NamedPort>) -> Arc<[NamedPort]> {
+        if let Some(shared) = self.ports.get(ports.as_slice()) {
+            return shared.clone();
+        }
+        let shared: Arc<[NamedPort]> = ports.into();
+        self.ports.insert(shared.clone());
+        self.sweep_if_due();
+        shared
+    }
+
+    /// The shared copy of a string.
+    pub fn str(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = s.into();
+        self.strings.insert(shared.clone());
+        self.sweep_if_due();
+        shared
+    }
+
+    /// How many distinct label sets, port lists and strings it holds.
+    pub fn len(&self) -> usize {
+        self.labels.len() + self.ports.len() + self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn sweep_if_due(&mut self) {
+        if self.len() < 2 * self.swept + 1024 {
+            return;
+        }
+        // Held only here: no pod uses it any more.
+        self.labels.retain(|l| Arc::strong_count(l) > 1);
+        self.ports.retain(|p| Arc::strong_count(p) > 1);
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.swept = self.len();
     }
 }
 

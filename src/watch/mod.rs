@@ -3,9 +3,10 @@
 //! ```text
 //!  list+watch(Pods) ──┐                         ┌─ every change: notify
 //!  list+watch(Ns)   ──┼─► Stores (trimmed) ─────┤
-//!  list+watch(NetPol)─┘                         └─► reconcile task: coalesce (min interval),
-//!                                                 snapshot → compile → render → Syncer (diff)
-//!  axum: /healthz /readyz /metrics /status        periodic full resync; Events for invalid policies
+//!  list+watch(NetPol)─┘   (+ changed keys)      └─► reconcile task: coalesce (min interval),
+//!                                                 changes → Incremental → compile → render →
+//!                                                 Syncer (diff); periodic full resync (also
+//!  axum: /healthz /readyz /metrics /status        rebuilds the compiler); Events for invalid policies
 //! ```
 //!
 //! Nothing is applied before all three stores have listed once; the first
@@ -21,6 +22,7 @@
 //! after a relist.
 
 pub mod http;
+pub mod list;
 pub mod metrics;
 mod reconcile;
 pub mod store;
@@ -40,9 +42,9 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, Snapshot};
+use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, Snapshot};
 use crate::nft::Nft;
-use store::{Store, Trim, parse_rv};
+use store::{Changes, MapKey, PodKey, Store, Trim, parse_rv};
 
 pub use reconcile::SyncStatus;
 
@@ -68,7 +70,7 @@ pub const POLICIES: &str = "networkpolicies";
 /// The three stores.
 #[derive(Default)]
 pub struct Stores {
-    pub pods: Store<ObjectKey, PodInfo>,
+    pub pods: Store<ObjectKey, PodInfo, PodKey>,
     pub namespaces: Store<String, NamespaceInfo>,
     pub policies: Store<ObjectKey, NetworkPolicy>,
 }
@@ -87,6 +89,22 @@ impl Stores {
         ])
     }
 
+    /// What changed in each store since the last call.
+    pub fn take_changes(&self) -> Delta {
+        Delta {
+            pods: self.pods.take_changes(),
+            namespaces: self.namespaces.take_changes(),
+            policies: self.policies.take_changes(),
+        }
+    }
+
+    /// Makes the next [`take_changes`](Self::take_changes) return everything.
+    pub fn mark_all_changed(&self) {
+        self.pods.mark_all_changed();
+        self.namespaces.mark_all_changed();
+        self.policies.mark_all_changed();
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             namespaces: self
@@ -98,6 +116,69 @@ impl Stores {
             pods: self.pods.values(),
             policies: self.policies.values(),
         }
+    }
+}
+
+/// The changes of the three stores since the last look.
+pub struct Delta {
+    pub pods: Changes<ObjectKey, PodInfo>,
+    pub namespaces: Changes<String, NamespaceInfo>,
+    pub policies: Changes<ObjectKey, NetworkPolicy>,
+}
+
+impl Delta {
+    /// Whether every kind has only some keys changed (an existing compiler
+    /// can take them), rather than everything.
+    pub fn is_partial(&self) -> bool {
+        matches!(
+            (&self.pods, &self.namespaces, &self.policies),
+            (Changes::Some(_), Changes::Some(_), Changes::Some(_))
+        )
+    }
+
+    /// Brings a compiler up to date: feeds it the changed objects when the
+    /// delta [is partial](Self::is_partial), else builds a new one from
+    /// everything (in which case every kind must be [`Changes::All`]).
+    pub fn apply(self, compiler: Option<Incremental>, node: &str) -> Incremental {
+        let partial = self.is_partial();
+        let mut c = match compiler {
+            Some(c) if partial => c,
+            _ => Incremental::new(node),
+        };
+        match self.namespaces {
+            Changes::All(all) => all.into_iter().for_each(|ns| c.upsert_namespace(ns)),
+            Changes::Some(changed) => {
+                for (name, ns) in changed {
+                    match ns {
+                        Some(ns) => c.upsert_namespace(ns),
+                        None => c.remove_namespace(&name),
+                    }
+                }
+            }
+        }
+        match self.pods {
+            Changes::All(all) => all.into_iter().for_each(|p| c.upsert_pod(p)),
+            Changes::Some(changed) => {
+                for (key, pod) in changed {
+                    match pod {
+                        Some(pod) => c.upsert_pod(pod),
+                        None => c.remove_pod(&key),
+                    }
+                }
+            }
+        }
+        match self.policies {
+            Changes::All(all) => all.into_iter().for_each(|p| c.upsert_policy(p)),
+            Changes::Some(changed) => {
+                for (key, np) in changed {
+                    match np {
+                        Some(np) => c.upsert_policy(np),
+                        None => c.remove_policy(&key),
+                    }
+                }
+            }
+        }
+        c
     }
 }
 
@@ -200,15 +281,14 @@ impl Shared {
 /// is resumed from the last resourceVersion seen; 410 Gone means relist.
 /// Failures are retried with kube-rs's default backoff (0.8 s doubling to
 /// 30 s) while the last state stays enforced.
-async fn feed<K, Key, T>(
-    api: Api<K>,
-    kind: &'static str,
-    shared: Arc<Shared>,
-    store: impl Fn(&Shared) -> &Store<Key, T>,
-) where
+async fn feed<K, Key, T, M, S>(api: Api<K>, kind: &'static str, shared: Arc<Shared>, store: S)
+where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K: Trim<Key, T>,
-    Key: Ord + std::hash::Hash + Clone,
+    Key: Ord + std::hash::Hash + Clone + Send + 'static,
+    T: Send + Sync + 'static,
+    M: MapKey<Key, T> + Send + 'static,
+    S: Fn(&Shared) -> &Store<Key, T, M> + Copy + Send + 'static,
 {
     let mut backoff = DefaultBackoff::default();
     let pause = |shared: &Shared, backoff: &mut DefaultBackoff, error: String| {
@@ -217,25 +297,29 @@ async fn feed<K, Key, T>(
         shared.set_watch_error(kind, Some(error));
         delay
     };
+    let client = api.clone().into_client();
     'list: loop {
-        // Paged, and each page trimmed and dropped at once: a 100k-pod
-        // list as API objects is about 1 GiB; trimmed, a tenth of that.
+        // Paged, and each item trimmed as it is parsed: a 100k-pod list as
+        // API objects is about 1 GiB; trimmed, a tenth of that.
         let mut items = BTreeMap::new();
         let mut params = ListParams::default().limit(LIST_PAGE);
         let mut version: String;
         loop {
-            let page = match api.list(&params).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tokio::time::sleep(pause(&shared, &mut backoff, e.to_string())).await;
-                    continue 'list;
-                }
-            };
-            for obj in &page.items {
-                items.insert(obj.key(), Arc::new(obj.trim()));
-            }
-            version = page.metadata.resource_version.clone().unwrap_or_default();
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            let sh = shared.clone();
+            let trim = move |obj: &K| store(&sh).trim(obj);
+            let meta =
+                match list::list_page(&client, api.resource_url(), &params, items, trim).await {
+                    Ok((page, meta)) => {
+                        items = page;
+                        meta
+                    }
+                    Err(e) => {
+                        tokio::time::sleep(pause(&shared, &mut backoff, e.to_string())).await;
+                        continue 'list;
+                    }
+                };
+            version = meta.resource_version.clone().unwrap_or_default();
+            match meta.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
                 None => break,
             }

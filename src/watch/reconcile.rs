@@ -1,12 +1,13 @@
 //! The one reconcile function: it serves the first full sync and every
-//! later one. It compiles the whole plan from a snapshot, and the Syncer
-//! sends only the difference against what it last applied.
+//! later one. It feeds the changed objects to the incremental compiler,
+//! compiles the whole plan, and the Syncer sends only the difference
+//! against what it last applied. The compiler is rebuilt from all objects
+//! at the first sync, after a relist and at every periodic full resync.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
@@ -16,7 +17,7 @@ use tracing::{error, info, warn};
 
 use super::metrics::{SyncKind, SyncLabels};
 use super::{RunConfig, Shared};
-use crate::compiler::{Diagnostic, ObjectKey, Severity, compile};
+use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
 use crate::nft::{self, Syncer};
 
 /// What `/status` reports: the signal tests and tools wait on.
@@ -67,6 +68,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut syncer = Some(Syncer::new(cfg.nft.clone(), cfg.table.clone()));
+    let mut compiler: Option<Incremental> = None;
     let mut next_resync = Instant::now() + cfg.resync_period;
     let mut last_start: Option<Instant> = None;
     let mut failures: u32 = 0;
@@ -108,25 +110,42 @@ pub async fn run(
         let started = Instant::now();
         last_start = Some(started);
         let pending = shared.begin_sync();
-        // Versions before contents: the snapshot is at least this new.
+        // Versions before contents: what the compiler gets is at least this new.
         let versions = shared.stores.resource_versions();
-        let snapshot = shared.stores.snapshot();
+        let mut delta = shared.stores.take_changes();
+        if full || compiler.is_none() || !delta.is_partial() {
+            // From scratch: no drift outlives a full resync.
+            shared.stores.mark_all_changed();
+            delta = shared.stores.take_changes();
+        }
         let node = cfg.node_name.clone();
         let table = cfg.table.clone();
         let mut s = syncer.take().expect("syncer is put back after each sync");
         if full {
             s.force_full();
         }
+        let c = compiler.take();
         // Compile and apply off the async threads: nft is a blocking exec.
-        let (s, compiled, result) = tokio::task::spawn_blocking(move || {
-            let compiled = compile(&snapshot, &node);
+        let (s, c, compiled, result) = tokio::task::spawn_blocking(move || {
+            let mut c = delta.apply(c, &node);
+            let compiled = c.compile();
             let rs = nft::render(&compiled.plan, &table);
-            let result = s.sync(rs);
-            (s, compiled, result)
+            // On a thread of its own: the batch document of a full sync is
+            // large and short-lived (~70 MiB for 180k set elements), and
+            // glibc gives back an arena that holds only freed memory, while
+            // the pool thread's arena, which also holds the long-lived
+            // compiler and ruleset, would keep it (100k pods: 205 MiB RSS
+            // after the first sync instead of 137 MiB).
+            let result = std::thread::scope(|scope| {
+                let sync = scope.spawn(|| s.sync(rs));
+                sync.join().expect("the sync thread does not panic")
+            });
+            (s, c, compiled, result)
         })
         .await
         .expect("sync task does not panic");
         syncer = Some(s);
+        compiler = Some(c);
 
         report_invalid(
             &shared,
@@ -229,21 +248,8 @@ fn report_invalid(
     for d in diagnostics {
         by_policy.entry(&d.policy).or_default().push(d);
     }
-    let policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>> = shared
-        .stores
-        .policies
-        .values()
-        .into_iter()
-        .map(|p| {
-            let key = ObjectKey::new(
-                p.metadata.namespace.clone().unwrap_or_default(),
-                p.metadata.name.clone().unwrap_or_default(),
-            );
-            (key, p)
-        })
-        .collect();
     for (key, diags) in by_policy {
-        let Some(policy) = policies.get(key) else {
+        let Some(policy) = shared.stores.policies.get(key) else {
             continue;
         };
         let id = (

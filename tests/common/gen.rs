@@ -31,10 +31,10 @@ pub const NAMESPACES: [&str; 3] = ["ns-a", "ns-b", "ns-c"];
 /// Addresses outside every pod network that pods may try to reach.
 pub const EXTERNAL_ADDRESSES: [&str; 4] = ["10.96.0.10", "192.0.2.1", "fd00:96::a", "2001:db8::1"];
 
-type Vocab = &'static [(&'static str, &'static [&'static str])];
+pub type Vocab = &'static [(&'static str, &'static [&'static str])];
 
-const POD_VOCAB: Vocab = &[("app", &["web", "db"]), ("tier", &["fe", "be"])];
-const NS_VOCAB: Vocab = &[("team", &["red", "blue"]), ("env", &["prod", "dev"])];
+pub const POD_VOCAB: Vocab = &[("app", &["web", "db"]), ("tier", &["fe", "be"])];
+pub const NS_VOCAB: Vocab = &[("team", &["red", "blue"]), ("env", &["prod", "dev"])];
 /// Namespace selectors may also use the automatic name label.
 const NS_SELECTOR_VOCAB: Vocab = &[
     ("team", &["red", "blue"]),
@@ -89,7 +89,7 @@ impl Cluster {
             (Protocol::Sctp, 80),
         ];
         for pod in &self.snap.pods {
-            for np in &pod.named_ports {
+            for np in pod.named_ports.iter() {
                 for proto in Protocol::ALL {
                     checks.push((proto, np.port));
                 }
@@ -178,7 +178,7 @@ fn show_labels(labels: &Labels) -> String {
 }
 
 /// Labels drawing at most one value per vocabulary key.
-fn labels_from(vocab: Vocab) -> impl Strategy<Value = Labels> {
+pub fn labels_from(vocab: Vocab) -> impl Strategy<Value = Labels> {
     vec(option::of(any::<Index>()), vocab.len()).prop_map(move |choices| {
         vocab
             .iter()
@@ -234,25 +234,28 @@ pub fn selector(vocab: Vocab) -> impl Strategy<Value = LabelSelector> {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum PodState {
+pub enum PodState {
     Running,
     HostNetwork,
     Succeeded,
     Pending,
 }
 
+/// A generated pod, before it gets its name and addresses.
 #[derive(Clone, Debug)]
-struct PodGen {
-    ns: usize,
-    node: u16,
-    labels: Labels,
-    dual_stack: bool,
-    state: PodState,
+pub struct PodGen {
+    /// Index into the cluster's namespaces (modulo their number).
+    pub ns: usize,
+    /// Index into [`NODES`].
+    pub node: u16,
+    pub labels: Labels,
+    pub dual_stack: bool,
+    pub state: PodState,
     /// http/TCP, http/SCTP, dns/UDP, dns/TCP.
-    ports: [Option<u16>; 4],
+    pub ports: [Option<u16>; 4],
 }
 
-fn pod_gen() -> impl Strategy<Value = PodGen> {
+pub fn pod_gen() -> impl Strategy<Value = PodGen> {
     let state = prop_oneof![
         8 => Just(PodState::Running),
         1 => Just(PodState::HostNetwork),
@@ -426,7 +429,7 @@ fn rule() -> impl Strategy<Value = RuleParts> {
     )
 }
 
-fn policy_spec() -> impl Strategy<Value = NetworkPolicySpec> {
+pub fn policy_spec() -> impl Strategy<Value = NetworkPolicySpec> {
     let types = prop_oneof![
         2 => Just(None),
         1 => Just(Some(vec!["Ingress"])),
@@ -480,49 +483,12 @@ fn build(
         snap.add_namespace(NamespaceInfo::new(NAMESPACES[i], labels));
     }
     for (i, p) in pods.into_iter().enumerate() {
-        let host = 10 + i as u8;
-        let mut ips: Vec<IpAddr> = vec![v4(p.node, host).into()];
-        if p.dual_stack {
-            ips.push(v6(p.node, host.into()).into());
-        }
-        let (host_network, phase) = match p.state {
-            PodState::Running => (false, "Running"),
-            PodState::HostNetwork => {
-                ips = vec![Ipv4Addr::new(172, 18, 0, p.node as u8 + 2).into()];
-                (true, "Running")
-            }
-            PodState::Succeeded => (false, "Succeeded"),
-            PodState::Pending => {
-                ips.clear();
-                (false, "Pending")
-            }
-        };
-        let slots = [
-            ("http", Protocol::Tcp),
-            ("http", Protocol::Sctp),
-            ("dns", Protocol::Udp),
-            ("dns", Protocol::Tcp),
-        ];
-        let named_ports = slots
-            .iter()
-            .zip(p.ports)
-            .filter_map(|(&(name, protocol), port)| {
-                port.map(|port| NamedPort {
-                    name: name.to_string(),
-                    protocol,
-                    port,
-                })
-            })
-            .collect();
-        snap.add_pod(PodInfo {
-            key: ObjectKey::new(NAMESPACES[p.ns % n_ns], format!("p{i}")),
-            labels: p.labels,
-            node: Some(NODES[p.node as usize].to_string()),
-            ips,
-            host_network,
-            phase: Some(phase.to_string()),
-            named_ports,
-        });
+        snap.add_pod(pod_info(
+            NAMESPACES[p.ns % n_ns],
+            &format!("p{i}"),
+            10 + i as u8,
+            p,
+        ));
     }
     for (i, (ns, spec)) in policies.into_iter().enumerate() {
         snap.add_policy(NetworkPolicy {
@@ -535,4 +501,51 @@ fn build(
         });
     }
     Cluster { snap }
+}
+
+/// The pod `ns/name` a [`PodGen`] describes; `host` picks its addresses
+/// (`10.244.<node>.<host>` and, dual-stack, `fd00:10:244:<node>::<host>`).
+pub fn pod_info(ns: &str, name: &str, host: u8, p: PodGen) -> PodInfo {
+    let mut ips: Vec<IpAddr> = vec![v4(p.node, host).into()];
+    if p.dual_stack {
+        ips.push(v6(p.node, host.into()).into());
+    }
+    let (host_network, phase) = match p.state {
+        PodState::Running => (false, "Running"),
+        PodState::HostNetwork => {
+            ips = vec![Ipv4Addr::new(172, 18, 0, p.node as u8 + 2).into()];
+            (true, "Running")
+        }
+        PodState::Succeeded => (false, "Succeeded"),
+        PodState::Pending => {
+            ips.clear();
+            (false, "Pending")
+        }
+    };
+    let slots = [
+        ("http", Protocol::Tcp),
+        ("http", Protocol::Sctp),
+        ("dns", Protocol::Udp),
+        ("dns", Protocol::Tcp),
+    ];
+    let named_ports: Vec<NamedPort> = slots
+        .iter()
+        .zip(p.ports)
+        .filter_map(|(&(name, protocol), port)| {
+            port.map(|port| NamedPort {
+                name: name.to_string(),
+                protocol,
+                port,
+            })
+        })
+        .collect();
+    PodInfo {
+        key: ObjectKey::new(ns, name),
+        labels: p.labels.into(),
+        node: Some(NODES[p.node as usize].into()),
+        ips,
+        host_network,
+        phase: Some(phase.into()),
+        named_ports: named_ports.into(),
+    }
 }

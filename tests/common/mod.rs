@@ -39,12 +39,12 @@ pub fn mk_ns(name: &str, pairs: &[(&str, &str)]) -> NamespaceInfo {
 pub fn mk_pod(ns: &str, name: &str, node: &str, ip: &str, pairs: &[(&str, &str)]) -> PodInfo {
     PodInfo {
         key: ObjectKey::new(ns, name),
-        labels: labels(pairs),
-        node: Some(node.to_string()),
+        labels: labels(pairs).into(),
+        node: Some(node.into()),
         ips: vec![parse_ip(ip)],
         host_network: false,
-        phase: Some("Running".to_string()),
-        named_ports: Vec::new(),
+        phase: Some("Running".into()),
+        named_ports: Vec::new().into(),
     }
 }
 
@@ -68,11 +68,13 @@ pub trait PodExt: Sized {
 
 impl PodExt for PodInfo {
     fn named_port(mut self, name: &str, protocol: Protocol, port: u16) -> Self {
-        self.named_ports.push(NamedPort {
+        let mut ports = self.named_ports.to_vec();
+        ports.push(NamedPort {
             name: name.to_string(),
             protocol,
             port,
         });
+        self.named_ports = ports.into();
         self
     }
 
@@ -87,7 +89,7 @@ impl PodExt for PodInfo {
     }
 
     fn phase(mut self, phase: &str) -> Self {
-        self.phase = Some(phase.to_string());
+        self.phase = Some(phase.into());
         self
     }
 
