@@ -665,7 +665,7 @@ fn namespace_change(snap: &Snapshot) -> (Snapshot, String) {
         info.labels.insert("team".into(), (*target).clone());
         moved.add_namespace(info);
         let rs = render(&compile(&moved, NODE).plan, TABLE);
-        if ops::diff(&base, &rs).is_none_or(|o| !o.is_empty()) {
+        if ops::diff(&base, &rs).is_none_or(|c| !c.ops.is_empty()) {
             return (moved, ns.name.clone());
         }
     }
@@ -874,12 +874,18 @@ fn phases(scenarios: &[Scenario], nft: &Nft, runs: usize) -> Vec<Phases> {
         let mut body = Vec::new();
         let mut commands = 0;
         let diff_t = median_of(runs, || {
-            let ops = ops::diff(&before, &want).expect("incremental diff");
-            commands = ops.len();
-            body = serde_json::to_vec(&json::batch(TABLE, &ops)).expect("serialize");
+            let change = ops::diff(&before, &want).expect("incremental diff");
+            commands = change.ops.len();
+            body = serde_json::to_vec(&json::batch(TABLE, &change.ops)).expect("serialize");
         });
-        let doc = json::batch(TABLE, &ops::diff(&before, &want).expect("diff"));
-        let undo = json::batch(TABLE, &ops::diff(&want, &before).expect("reverse diff"));
+        let change = ops::diff(&before, &want).expect("diff");
+        let doc = json::batch(TABLE, &change.ops);
+        let undo = json::batch(
+            TABLE,
+            &ops::diff_exact(&change.applied, &before)
+                .expect("reverse diff")
+                .ops,
+        );
         let mut execs = Vec::new();
         for _ in 0..runs {
             let t = Instant::now();
@@ -1419,9 +1425,12 @@ fn dump_batches(dir: &Path) {
         let after = render(&compile(&sc.after, NODE).plan, TABLE);
         let tag = (b'a' + i as u8) as char;
         let change = ops::diff(&base, &after).expect("diff");
-        let undo = ops::diff(&after, &base).expect("diff");
-        write(&format!("{tag}-change.json"), &json::batch(TABLE, &change));
-        write(&format!("{tag}-undo.json"), &json::batch(TABLE, &undo));
+        let undo = ops::diff_exact(&change.applied, &base).expect("diff");
+        write(
+            &format!("{tag}-change.json"),
+            &json::batch(TABLE, &change.ops),
+        );
+        write(&format!("{tag}-undo.json"), &json::batch(TABLE, &undo.ops));
     }
 }
 
@@ -1589,7 +1598,7 @@ fn profile(what: &str) {
     let t_compile = t.elapsed();
     let rs2 = render(&c.plan, TABLE);
     let d = ops::diff(&rs, &rs2).expect("diff");
-    let doc = json::batch(TABLE, &d);
+    let doc = json::batch(TABLE, &d.ops);
     let peak_incr = PEAK.load(Ordering::Relaxed) - base;
     drop((doc, d, rs2, c, added));
     row(

@@ -171,7 +171,7 @@ fn main() {
         ),
         "the added policies must allow client → server"
     );
-    let nftpol_walk = nftpol_rules_walked(&rs, &plan, &pair);
+    let nftpol_walk = nftpol_rules_walked(&rs, &pair);
     let (in_pos, eg_pos) = linear.position(&pair, IPERF_PORT);
     eprintln!(
         "linear: {} rules ({} ingress, {} egress); the probed SYN matches ingress rule #{in_pos} and egress rule #{eg_pos}",
@@ -678,33 +678,22 @@ fn add_policies(snap: &Snapshot, pair: &Pair, per_pod: usize) -> Snapshot {
     out
 }
 
-/// Rules the probed SYN meets in nftpol's ruleset before its accepts: the
-/// base chains' rules up to the dispatch, the pod chains' jumps and the
-/// rules of every policy chain they jump to (the allowing one is last, so
-/// this is all of them), per direction.
-fn nftpol_rules_walked(rs: &Ruleset, plan: &Plan, pair: &Pair) -> usize {
-    let mut n = 0;
-    for (d, pod) in [
-        (Direction::Egress, &pair.client),
-        (Direction::Ingress, &pair.server),
-    ] {
-        let base = match d {
-            Direction::Egress => "forward-egress",
-            Direction::Ingress => "forward-ingress",
-        };
-        n += rs.chains[base].rules.len();
-        let Some(pc) = plan.pods.iter().find(|p| p.direction == d && &p.pod == pod) else {
-            continue;
-        };
-        let chain = nftpol::nft::render::pod_chain_name(d, &pc.pod);
-        for r in &rs.chains[&chain].rules {
-            n += 1;
-            if let nftpol::nft::model::Action::Jump(to) = &r.action {
-                n += rs.chains[to].rules.len();
-            }
-        }
-    }
-    n
+/// Rules the probed SYN meets in nftpol's ruleset on the forward hook, as
+/// the ruleset tracer (`nft::eval`) walks it: the base chains' rules up to
+/// each dispatch, and the rules of the client's and the server's pod chains
+/// up to their accepts. Panics if the tracer would not let the SYN through.
+fn nftpol_rules_walked(rs: &Ruleset, pair: &Pair) -> usize {
+    let trace = nftpol::nft::eval::forward(
+        rs,
+        &nftpol::nft::eval::Packet {
+            src: IpAddr::V4(pair.client_ip),
+            dst: IpAddr::V4(pair.server_ip),
+            proto: Protocol::Tcp,
+            port: pair.http,
+        },
+    );
+    assert!(trace.accepted, "the probed connection must be allowed");
+    trace.rules
 }
 
 // ---------------------------------------------------------------------------

@@ -531,12 +531,18 @@ fn incremental(
     // The sync's two halves apart: building the batch, and nft running it
     // (each run undone by the reverse batch, so the syncer's record stays
     // true).
+    // The table as the syncer left it (interval sets may be cut otherwise
+    // than `base` renders them); the undo restores exactly that.
+    let start = syncer.applied().expect("base applied").clone();
     let want = render(&compile(changed, node).plan, TABLE);
-    let (diff, doc) = timed(runs, || {
-        let ops = ops::diff(base, &want).expect("incremental diff");
-        json::batch(TABLE, &ops)
+    let (diff, (doc, after)) = timed(runs, || {
+        let change = ops::diff(&start, &want).expect("incremental diff");
+        (json::batch(TABLE, &change.ops), change.applied)
     });
-    let undo = json::batch(TABLE, &ops::diff(&want, base).expect("reverse diff"));
+    let undo = json::batch(
+        TABLE,
+        &ops::diff_exact(&after, &start).expect("reverse diff").ops,
+    );
     let mut exec = Vec::new();
     let mut cpu = ChildCpu::default();
     for _ in 0..runs {

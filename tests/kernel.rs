@@ -924,3 +924,77 @@ fn an_ipv6_ip_block_is_enforced_over_ipv6() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// Whether the kernel's set `set` holds the element `elem` (nft syntax), as
+/// `nft get element` answers it for interval sets: any element covering it.
+fn kernel_set_holds(node: &Node, set: &str, elem: &str) -> bool {
+    let elem = format!("{{ {elem} }}");
+    node.netns()
+        .exec(&["nft", "get", "element", "inet", TABLE, set, &elem])
+        .is_ok()
+}
+
+/// A pod's allow-list set grows, shrinks and is cut anew through a series of
+/// incremental syncs: the kernel accepts every transaction (nft rejects
+/// overlapping elements and deletions of absent ones) and afterwards holds
+/// exactly the wanted peers and ports.
+#[test]
+fn interval_allow_lists_follow_peers_and_ports_through_incremental_syncs() {
+    if !lab_ready("interval_allow_lists_follow_peers_and_ports_through_incremental_syncs") {
+        return;
+    }
+    let node = Node::new(NodeConfig::new(NODE, 1)).expect("create the node");
+    let mut syncer = Syncer::new(node.nft(), TABLE);
+    /// Peer host numbers (10.244.2.N) and allowed TCP port ranges.
+    type Step = (&'static [u8], &'static [(u16, u16)]);
+    let steps: [Step; 7] = [
+        (&[1, 2, 3, 4, 5], &[(80, 80)]),
+        (&[1, 2, 3, 4, 5, 6], &[(80, 80)]),
+        (&[1, 2, 4, 5, 6], &[(80, 80)]),
+        (&[1, 2, 3, 4, 5, 6], &[(80, 90)]),
+        (&[1, 2, 3, 4, 5, 6], &[(85, 85)]),
+        (&[1, 3, 5], &[(80, 80), (85, 86)]),
+        (&[], &[(80, 80)]),
+    ];
+    for (i, (hosts, ports)) in steps.iter().enumerate() {
+        let mut pods = vec![mk_pod("x", "srv", NODE, "10.244.1.2", &[("app", "srv")])];
+        for h in *hosts {
+            pods.push(mk_pod(
+                "y",
+                &format!("peer-{h}"),
+                "node-2",
+                &format!("10.244.2.{h}"),
+                &[("app", "peer")],
+            ));
+        }
+        let ports: Vec<_> = ports
+            .iter()
+            .map(|(lo, hi)| json!({ "port": lo, "endPort": hi }))
+            .collect();
+        let policy = mk_policy(
+            "x",
+            "srv-from-peers",
+            json!({
+                "podSelector": { "matchLabels": { "app": "srv" } },
+                "ingress": [{
+                    "from": [{ "namespaceSelector": {}, "podSelector": { "matchLabels": { "app": "peer" } } }],
+                    "ports": ports,
+                }],
+            }),
+        );
+        let snap = snapshot([mk_ns("x", &[]), mk_ns("y", &[])], pods, [policy]);
+        let report = syncer
+            .sync(nft::render(&compile(&snap, NODE).plan, TABLE))
+            .unwrap_or_else(|e| panic!("step {i}: the kernel refused the transaction: {e}"));
+        assert_eq!(report.full, i == 0, "step {i}: {report:?}");
+        let set = "pod-in/x/srv.ports4";
+        for h in 1..=7u8 {
+            for port in [79u16, 80, 85, 86, 90, 91] {
+                let want = hosts.contains(&h)
+                    && steps[i].1.iter().any(|(lo, hi)| *lo <= port && port <= *hi);
+                let got = kernel_set_holds(&node, set, &format!("10.244.2.{h} . tcp . {port}"));
+                assert_eq!(got, want, "step {i}: 10.244.2.{h} on tcp {port}");
+            }
+        }
+    }
+}

@@ -7,6 +7,10 @@
 //! iff the reference says so. A packet crossing nodes must pass the source
 //! node's plan and the destination node's plan. Egress to non-pod addresses
 //! is checked against the source node's plan alone.
+//!
+//! The same packets are also traced through each node's rendered ruleset
+//! (`nft::eval`), which merges every pod's policies into per-pod sets: it
+//! must decide exactly as the plan and the reference do.
 
 mod common;
 
@@ -15,6 +19,8 @@ use std::net::IpAddr;
 use common::r#gen::{self as g, Cluster, NODES};
 use common::reference;
 use nftpol::compiler::{Compiled, Direction, Plan, PodInfo, Protocol, Severity, compile};
+use nftpol::nft::eval::{self, Packet};
+use nftpol::nft::{Ruleset, render};
 use proptest::prelude::*;
 
 /// At most this many mismatches are spelled out in a failure.
@@ -37,7 +43,7 @@ fn config() -> ProptestConfig {
 }
 
 struct Plans {
-    compiled: Vec<(&'static str, Compiled)>,
+    compiled: Vec<(&'static str, Compiled, Ruleset)>,
 }
 
 impl Plans {
@@ -45,20 +51,29 @@ impl Plans {
         Self {
             compiled: NODES
                 .iter()
-                .map(|n| (*n, compile(&cluster.snap, n)))
+                .map(|n| {
+                    let c = compile(&cluster.snap, n);
+                    let rs = render(&c.plan, "nftpol");
+                    (*n, c, rs)
+                })
                 .collect(),
         }
     }
 
-    fn of(&self, pod: &PodInfo) -> &Plan {
+    fn node(&self, pod: &PodInfo) -> &(&'static str, Compiled, Ruleset) {
         let node = pod.node.as_deref().expect("generated pods have a node");
-        &self
-            .compiled
+        self.compiled
             .iter()
-            .find(|(n, _)| *n == node)
+            .find(|(n, _, _)| *n == node)
             .expect("generated pods are on a known node")
-            .1
-            .plan
+    }
+
+    fn of(&self, pod: &PodInfo) -> &Plan {
+        &self.node(pod).1.plan
+    }
+
+    fn ruleset_of(&self, pod: &PodInfo) -> &Ruleset {
+        &self.node(pod).2
     }
 
     /// Both directions' decisions of a plan, for a failure message.
@@ -103,6 +118,23 @@ fn mismatches(cluster: &Cluster) -> Vec<String> {
                         reference::allows_packet(snap, &src.key, s, &dst.key, d, proto, port);
                     let got = src_plan.allows(s, d, proto, port)
                         && (same_node || dst_plan.allows(s, d, proto, port));
+                    let packet = Packet {
+                        src: s,
+                        dst: d,
+                        proto,
+                        port,
+                    };
+                    let traced = eval::forward(plans.ruleset_of(src), &packet).accepted
+                        && (same_node || eval::forward(plans.ruleset_of(dst), &packet).accepted);
+                    if traced != got {
+                        out.push(format!(
+                            "{proto} {port}: {} ({s}) -> {} ({d}): plans {}, rendered rulesets {}",
+                            src.key,
+                            dst.key,
+                            verdict(got),
+                            verdict(traced),
+                        ));
+                    }
                     if want != got {
                         let mut why = Plans::explain(src_plan, s, d, proto, port);
                         if !same_node {
@@ -136,6 +168,21 @@ fn mismatches(cluster: &Cluster) -> Vec<String> {
             for &(proto, port) in &probes {
                 let want = reference::allows_ip(snap, &src.key, addr, proto, port);
                 let got = plan.allows(s, addr, proto, port);
+                let packet = Packet {
+                    src: s,
+                    dst: addr,
+                    proto,
+                    port,
+                };
+                let traced = eval::forward(plans.ruleset_of(src), &packet).accepted;
+                if traced != got {
+                    out.push(format!(
+                        "{proto} {port}: {} ({s}) -> non-pod {addr}: plan {}, rendered ruleset {}",
+                        src.key,
+                        verdict(got),
+                        verdict(traced),
+                    ));
+                }
                 if want != got {
                     out.push(format!(
                         "{proto} {port}: {} ({s}) -> non-pod {addr}: reference {}, plan {} [{}]",

@@ -84,11 +84,30 @@ fn a_full_sync_creates_every_object_before_it_is_referenced() {
     }
 }
 
+/// The ops of the diff, which must exist.
+fn ops(before: &Ruleset, after: &Ruleset) -> Vec<Op> {
+    diff(before, after).expect("incremental diff").ops
+}
+
+fn kinds(ops: &[Op]) -> Vec<&'static str> {
+    ops.iter()
+        .map(|o| match o {
+            Op::AddSet { .. } => "add set",
+            Op::AddChain { .. } => "add chain",
+            Op::AddRule { .. } => "add rule",
+            Op::AddMapEntries { .. } => "add map entry",
+            Op::AddElements { .. } => "add elements",
+            Op::DeleteElements { .. } => "delete elements",
+            _ => "other",
+        })
+        .collect()
+}
+
 #[test]
 fn an_unchanged_cluster_sends_nothing() {
     let a = ruleset(pods(), vec![allow_from_app("c")]);
     let b = ruleset(pods(), vec![allow_from_app("c")]);
-    assert_eq!(diff(&a, &b), Some(vec![]));
+    assert_eq!(ops(&a, &b), vec![]);
 }
 
 #[test]
@@ -97,64 +116,76 @@ fn a_new_remote_peer_pod_is_one_element_added() {
     let mut more = pods();
     more.push(mk_pod("y", "c2", "n2", "10.0.2.9", &[("app", "c")]));
     let after = ruleset(more, vec![allow_from_app("c")]);
-    let ops = diff(&before, &after).unwrap();
+    let ops = ops(&before, &after);
     assert_eq!(ops.len(), 1, "{ops:?}");
     assert!(matches!(&ops[0], Op::AddElements { elems, .. } if elems.len() == 1));
 }
 
 #[test]
-fn a_new_isolated_local_pod_adds_its_chain_and_dispatch_entry_only() {
+fn a_peer_next_to_an_applied_one_is_added_without_touching_the_applied_element() {
+    // 10.0.2.1 and 10.0.2.2 are one range in the canonical form; the kernel
+    // keeps 10.0.2.1 and gets 10.0.2.2 beside it.
+    let before = ruleset(pods(), vec![allow_from_app("c")]);
+    let mut more = pods();
+    more.push(mk_pod("y", "c2", "n2", "10.0.2.2", &[("app", "c")]));
+    let after = ruleset(more.clone(), vec![allow_from_app("c")]);
+    let change = diff(&before, &after).unwrap();
+    assert_eq!(kinds(&change.ops), ["add elements"], "{:?}", change.ops);
+    // And from there, with the pod gone again: one deletion, no re-cut.
+    let back = ruleset(pods(), vec![allow_from_app("c")]);
+    let undo = ops(&change.applied, &back);
+    assert_eq!(kinds(&undo), ["delete elements"], "{undo:?}");
+}
+
+#[test]
+fn a_new_isolated_local_pod_adds_its_sets_chain_and_dispatch_entry_only() {
     let before = ruleset(pods(), vec![allow_from_app("c")]);
     let mut more = pods();
     more.push(mk_pod("x", "a2", "n1", "10.0.1.9", &[("app", "a")]));
     let after = ruleset(more, vec![allow_from_app("c")]);
-    let ops = diff(&before, &after).unwrap();
-    let kinds: Vec<&str> = ops
-        .iter()
-        .map(|o| match o {
-            Op::AddChain { .. } => "add chain",
-            Op::AddRule { .. } => "add rule",
-            Op::AddMapEntries { .. } => "add map entry",
-            _ => "other",
-        })
-        .collect();
+    let ops = ops(&before, &after);
     assert_eq!(
-        kinds,
-        ["add chain", "add rule", "add rule", "add map entry"],
+        kinds(&ops),
+        [
+            "add set",
+            "add set",
+            "add chain",
+            "add rule",
+            "add rule",
+            "add rule",
+            "add map entry"
+        ],
         "{ops:?}"
     );
 }
 
 #[test]
-fn a_removed_policy_is_unhooked_before_its_chain_and_sets_are_deleted() {
+fn a_policy_added_for_an_isolated_pod_only_adds_set_elements() {
+    let before = ruleset(pods(), vec![allow_from_app("c")]);
+    let after = ruleset(pods(), vec![allow_from_app("c"), allow_from_app("b")]);
+    let ops = ops(&before, &after);
+    assert_eq!(kinds(&ops), ["add elements"], "{ops:?}");
+}
+
+#[test]
+fn a_removed_policy_only_takes_its_peers_out_of_the_pod_sets() {
     let before = ruleset(pods(), vec![allow_from_app("c"), allow_from_app("b")]);
     let after = ruleset(pods(), vec![allow_from_app("c")]);
-    let ops = diff(&before, &after).unwrap();
-    let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred).expect("op present");
-    let refill = pos(&|o| matches!(o, Op::FlushChain(c) if c == "pod-in/x/a"));
-    let delete_chain = pos(&|o| matches!(o, Op::DeleteChain(c) if c == "pol-in/x/from-b"));
-    let delete_set = pos(&|o| matches!(o, Op::DeleteSet(_)));
-    assert!(
-        refill < delete_chain && delete_chain < delete_set,
-        "{ops:?}"
-    );
-    let flush_before_delete = pos(&|o| matches!(o, Op::FlushChain(c) if c == "pol-in/x/from-b"));
-    assert!(flush_before_delete < delete_chain);
+    let ops = ops(&before, &after);
+    assert_eq!(kinds(&ops), ["delete elements"], "{ops:?}");
 }
 
 #[test]
-fn a_pod_that_is_no_longer_isolated_loses_its_dispatch_entry_before_its_chain() {
+fn a_pod_that_is_no_longer_isolated_loses_its_dispatch_entry_before_its_chain_and_sets() {
     let before = ruleset(pods(), vec![allow_from_app("c")]);
     let after = ruleset(pods(), vec![]);
-    let ops = diff(&before, &after).unwrap();
-    let entry = ops
-        .iter()
-        .position(|o| matches!(o, Op::DeleteMapEntries { .. }));
-    let chain = ops
-        .iter()
-        .position(|o| matches!(o, Op::DeleteChain(c) if c == "pod-in/x/a"));
+    let ops = ops(&before, &after);
+    let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred);
+    let entry = pos(&|o| matches!(o, Op::DeleteMapEntries { .. }));
+    let chain = pos(&|o| matches!(o, Op::DeleteChain(c) if c == "pod-in/x/a"));
+    let set = pos(&|o| matches!(o, Op::DeleteSet(s) if s == "pod-in/x/a.any4"));
     assert!(
-        entry.is_some() && chain.is_some() && entry < chain,
+        entry.is_some() && chain.is_some() && set.is_some() && entry < chain && chain < set,
         "{ops:?}"
     );
 }

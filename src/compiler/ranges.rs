@@ -8,14 +8,14 @@ use ipnet::IpNet;
 
 use super::plan::IpRange;
 
-fn to_u128(ip: IpAddr) -> u128 {
+pub fn to_u128(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u32::from(v4) as u128,
         IpAddr::V6(v6) => u128::from(v6),
     }
 }
 
-fn from_u128(v: u128, v4: bool) -> IpAddr {
+pub fn from_u128(v: u128, v4: bool) -> IpAddr {
     if v4 {
         IpAddr::V4(Ipv4Addr::from(v as u32))
     } else {

@@ -100,23 +100,9 @@ fn cond(c: &Cond) -> Statement<'static> {
             s("local"),
         ),
         Cond::AddrIn { v6, field, set } => eq(addr_payload(*v6, *field), s(format!("@{set}"))),
-        Cond::L4Proto(p) => eq(meta_l4proto(), s(p.keyword())),
-        Cond::DPorts(ranges) => {
-            let right = if let [(a, b)] = ranges.as_slice() {
-                port_expr(*a, *b)
-            } else {
-                Expression::Named(NamedExpression::Set(
-                    ranges
-                        .iter()
-                        .map(|(a, b)| SetItem::Element(port_expr(*a, *b)))
-                        .collect(),
-                ))
-            };
-            eq(payload("th", "dport"), right)
-        }
-        Cond::DstTupleIn { v6, set } => eq(
+        Cond::TupleIn { v6, field, set } => eq(
             Expression::Named(NamedExpression::Concat(vec![
-                addr_payload(*v6, AddrField::Daddr),
+                addr_payload(*v6, *field),
                 meta_l4proto(),
                 payload("th", "dport"),
             ])),
@@ -148,23 +134,31 @@ fn ip_expr(ip: IpAddr) -> Expression<'static> {
     s(ip.to_string())
 }
 
+fn addrs_expr(r: &IpRange) -> Expression<'static> {
+    match as_prefix(r) {
+        Some(p) if p.prefix_len() == p.max_prefix_len() => ip_expr(r.start),
+        Some(p) => Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(ip_expr(p.network())),
+            len: p.prefix_len() as u32,
+        })),
+        None => Expression::Range(Box::new(Range {
+            range: [ip_expr(r.start), ip_expr(r.end)],
+        })),
+    }
+}
+
 fn elem(e: &Elem) -> Expression<'static> {
     match e {
         Elem::Addr(ip) => ip_expr(*ip),
-        Elem::Range(a, b) => match as_prefix(&IpRange { start: *a, end: *b }) {
-            Some(p) if p.prefix_len() == p.max_prefix_len() => ip_expr(*a),
-            Some(p) => Expression::Named(NamedExpression::Prefix(Prefix {
-                addr: Box::new(ip_expr(p.network())),
-                len: p.prefix_len() as u32,
-            })),
-            None => Expression::Range(Box::new(Range {
-                range: [ip_expr(*a), ip_expr(*b)],
-            })),
-        },
-        Elem::Tuple(ip, p, port) => Expression::Named(NamedExpression::Concat(vec![
-            ip_expr(*ip),
-            s(p.keyword()),
-            Expression::Number(*port as u32),
+        Elem::Range(a, b) => addrs_expr(&IpRange { start: *a, end: *b }),
+        Elem::Box {
+            addrs,
+            proto,
+            ports: (lo, hi),
+        } => Expression::Named(NamedExpression::Concat(vec![
+            addrs_expr(addrs),
+            s(proto.keyword()),
+            port_expr(*lo, *hi),
         ])),
     }
 }

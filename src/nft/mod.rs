@@ -6,10 +6,12 @@
 //! last applied (kept in memory, never read back). A failed transaction
 //! changes nothing and makes the next sync a full one.
 
+pub mod eval;
 pub mod exec;
 pub mod json;
 pub mod model;
 pub mod ops;
+pub mod region;
 pub mod render;
 pub mod text;
 
@@ -52,6 +54,11 @@ impl Syncer {
         &self.table
     }
 
+    /// What the table holds since the last successful sync, if known.
+    pub fn applied(&self) -> Option<&Ruleset> {
+        self.applied.as_ref()
+    }
+
     /// The next sync replaces the whole table (periodic resync).
     pub fn force_full(&mut self) {
         self.applied = None;
@@ -61,11 +68,11 @@ impl Syncer {
     pub fn sync(&mut self, want: Ruleset) -> Result<SyncReport, NftError> {
         assert_eq!(want.table, self.table, "ruleset rendered for another table");
         let start = Instant::now();
-        let (ops, full) = match self.applied.as_ref().and_then(|old| ops::diff(old, &want)) {
-            Some(ops) => (ops, false),
-            None => (ops::full(&want), true),
-        };
         let stats = want.stats();
+        let (ops, full, after) = match self.applied.as_ref().and_then(|old| ops::diff(old, &want)) {
+            Some(change) => (change.ops, false, change.applied),
+            None => (ops::full(&want), true, want),
+        };
         if !ops.is_empty() {
             let doc = json::batch(&self.table, &ops);
             if let Err(e) = self.nft.apply_json(&self.table, &doc) {
@@ -74,7 +81,7 @@ impl Syncer {
                 return Err(e);
             }
         }
-        self.applied = Some(want);
+        self.applied = Some(after);
         Ok(SyncReport {
             full,
             commands: ops.len(),

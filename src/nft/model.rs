@@ -5,14 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::compiler::Protocol;
+use crate::compiler::{IpRange, Protocol};
 
 /// Key type of a set or map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyType {
     Ipv4,
     Ipv6,
-    /// `ipv4_addr . inet_proto . inet_service`
+    /// `ipv4_addr . inet_proto . inet_service` (with `flags interval`:
+    /// ranges in the address and port fields)
     Tuple4,
     /// `ipv6_addr . inet_proto . inet_service`
     Tuple6,
@@ -30,7 +31,12 @@ pub enum Elem {
     Addr(IpAddr),
     /// Inclusive range (rendered as a prefix when it is one).
     Range(IpAddr, IpAddr),
-    Tuple(IpAddr, Protocol, u16),
+    /// `addresses . protocol . ports` in a concatenated interval set.
+    Box {
+        addrs: IpRange,
+        proto: Protocol,
+        ports: (u16, u16),
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,12 +83,12 @@ pub enum Cond {
         field: AddrField,
         set: String,
     },
-    /// `meta l4proto tcp`
-    L4Proto(Protocol),
-    /// `th dport { 80, 1000-2000 }`
-    DPorts(Vec<(u16, u16)>),
-    /// `ip daddr . meta l4proto . th dport @set`
-    DstTupleIn { v6: bool, set: String },
+    /// `ip saddr . meta l4proto . th dport @set` / `ip6 daddr . ...`
+    TupleIn {
+        v6: bool,
+        field: AddrField,
+        set: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

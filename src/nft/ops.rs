@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::model::{Elem, Hook, KeyType, NftRule, NftSet, Ruleset};
+use super::region;
 
 /// One command of a batch. Every command names our table, and only it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,14 +112,36 @@ fn push_rules(rs: &Ruleset, name: &str, ops: &mut Vec<Op>) {
     }
 }
 
+/// An incremental transaction and what the table holds after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub ops: Vec<Op>,
+    /// `new`, except that an interval set holds the elements the kernel will
+    /// have: the same region as `new`'s, possibly cut differently (see
+    /// [`region::update`]). The next diff starts from this.
+    pub applied: Ruleset,
+}
+
 /// What turns `old` into `new`, or `None` when that needs a full
 /// replacement (another table name, or a set or base chain whose type
-/// changed). An empty list means nothing changed.
-pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Vec<Op>> {
+/// changed). No ops means nothing changed.
+pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Change> {
+    diff_with(old, new, false)
+}
+
+/// [`diff`], but every set ends with exactly `new`'s elements, cut as they
+/// are there (which must then be disjoint): to restore a table to a state
+/// recorded earlier, as the benchmarks do.
+pub fn diff_exact(old: &Ruleset, new: &Ruleset) -> Option<Change> {
+    diff_with(old, new, true)
+}
+
+fn diff_with(old: &Ruleset, new: &Ruleset, exact: bool) -> Option<Change> {
     if old.table != new.table {
         return None;
     }
     let mut ops = Vec::new();
+    let mut applied = new.clone();
 
     // 1. Sets: new ones whole, changed ones by element.
     for (name, set) in &new.sets {
@@ -128,6 +151,28 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Vec<Op>> {
                 set: set.clone(),
             }),
             Some(prev) if !prev.same_shape(set) => return None,
+            Some(prev) if set.interval && !exact => {
+                let u = region::update(set.key.is_v6(), &prev.elements, &set.elements);
+                if !u.gone.is_empty() {
+                    ops.push(Op::DeleteElements {
+                        set: name.clone(),
+                        key: set.key,
+                        elems: u.gone,
+                    });
+                }
+                if !u.added.is_empty() {
+                    ops.push(Op::AddElements {
+                        set: name.clone(),
+                        key: set.key,
+                        elems: u.added,
+                    });
+                }
+                applied
+                    .sets
+                    .get_mut(name)
+                    .expect("applied is a copy of new")
+                    .elements = u.now;
+            }
             Some(prev) => {
                 let gone: Vec<Elem> = prev.elements.difference(&set.elements).cloned().collect();
                 let added: Vec<Elem> = set.elements.difference(&prev.elements).cloned().collect();
@@ -235,7 +280,7 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<Vec<Op>> {
             ops.push(Op::DeleteSet(name.clone()));
         }
     }
-    Some(ops)
+    Some(Change { ops, applied })
 }
 
 /// Removes the table whether or not it exists.

@@ -5,23 +5,38 @@
 //! egress check ends only that check and the packet still meets the ingress
 //! check (an accept ends only the current base chain; a drop is final).
 //!
+//! Each isolated pod gets one chain per direction, and per address family
+//! two interval sets holding its allow-list merged over all the policies
+//! that select it: the peers allowed on every port, and
+//! `peer . protocol . port` boxes (ipBlocks and pod addresses as ranges,
+//! port ranges, named ports resolved). So a new connection costs one
+//! dispatch lookup and two set lookups per direction, however many policies
+//! select the pod; the chains never change shape when policies or peers
+//! change, only set elements do.
+//!
 //! ```text
 //! forward-egress  (forward, prio 0) ─┐ ct established → accept
 //! input-egress    (input,   prio 0) ─┤ ip saddr vmap @dispatch-eg-4 ─► pod-eg/NS/POD
 //! forward-ingress (forward, prio 1) ─┘ ip daddr vmap @dispatch-in-4 ─► pod-in/NS/POD
-//!   pod-in/NS/POD:  jump pol-in/NS/POLICY ... ; counter drop
-//!   pol-in/NS/POLICY: ip saddr @peer-… meta l4proto tcp th dport 80 accept ...
+//!   pod-in/NS/POD:  ip saddr @pod-in/NS/POD.any4 accept
+//!                   ip saddr . meta l4proto . th dport @pod-in/NS/POD.ports4 accept
+//!                   counter drop
 //! ```
+//!
+//! Which policy line allows a packet is the plan's business
+//! ([`Plan::decide`], `nftpol explain`); the kernel only needs the union.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use crate::compiler::plan::{AddrSetKind, PodChain};
-use crate::compiler::{Direction, Match, ObjectKey, Plan, PortMatch, stable_hash_hex};
+use crate::compiler::plan::{AddrSetKind, PodChain, PolicyId, SetId};
+use crate::compiler::ranges::to_u128;
+use crate::compiler::{Direction, ObjectKey, Plan, PortMatch, stable_hash_hex};
 
 use super::model::{
     Action, AddrField, Cond, Elem, Hook, KeyType, NftChain, NftMap, NftRule, NftSet, Ruleset,
 };
+use super::region::{Builder, Span, normalize};
 
 pub const DEFAULT_TABLE: &str = "nftpol";
 
@@ -66,31 +81,6 @@ fn bounded(head: String) -> String {
 
 pub fn pod_chain_name(d: Direction, pod: &ObjectKey) -> String {
     bounded(format!("pod-{}/{}/{}", dir_tag(d), pod.namespace, pod.name))
-}
-
-pub fn policy_chain_name(d: Direction, policy: &ObjectKey) -> String {
-    bounded(format!(
-        "pol-{}/{}/{}",
-        dir_tag(d),
-        policy.namespace,
-        policy.name
-    ))
-}
-
-fn family_set(id: &str, v6: bool) -> String {
-    format!("{id}-{}", if v6 { 6 } else { 4 })
-}
-
-fn truncate_comment(s: &str) -> String {
-    // The kernel keeps at most 256 bytes of user data per object.
-    if s.len() <= 200 {
-        return s.to_string();
-    }
-    let mut cut = 197;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}...", &s[..cut])
 }
 
 /// Renders a plan into the table `table`.
@@ -144,85 +134,63 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
         );
     }
 
-    // Sets, one per family that has elements.
-    for (id, set) in &plan.addr_sets {
-        for v6 in [false, true] {
-            let elements: BTreeSet<Elem> = match &set.kind {
-                AddrSetKind::Hosts(h) => h
-                    .iter()
-                    .filter(|ip| ip.is_ipv6() == v6)
-                    .map(|ip| Elem::Addr(*ip))
-                    .collect(),
-                AddrSetKind::Ranges(r) => r
-                    .iter()
-                    .filter(|r| r.start.is_ipv6() == v6)
-                    .map(|r| Elem::Range(r.start, r.end))
-                    .collect(),
-            };
-            if elements.is_empty() {
-                continue;
-            }
-            rs.sets.insert(
-                family_set(id, v6),
-                NftSet {
-                    key: if v6 { KeyType::Ipv6 } else { KeyType::Ipv4 },
-                    interval: matches!(set.kind, AddrSetKind::Ranges(_)),
-                    comment: truncate_comment(&set.description),
-                    elements,
-                },
-            );
-        }
-    }
-    for (id, set) in &plan.port_sets {
-        for v6 in [false, true] {
-            let elements: BTreeSet<Elem> = set
-                .elements
-                .iter()
-                .filter(|(ip, _, _)| ip.is_ipv6() == v6)
-                .map(|(ip, p, port)| Elem::Tuple(*ip, *p, *port))
-                .collect();
-            if elements.is_empty() {
-                continue;
-            }
-            rs.sets.insert(
-                family_set(id, v6),
-                NftSet {
-                    key: if v6 { KeyType::Tuple6 } else { KeyType::Tuple4 },
-                    interval: false,
-                    comment: truncate_comment(&set.description),
-                    elements,
-                },
-            );
-        }
-    }
-
-    // Policy chains.
-    for (id, chain) in &plan.policies {
-        let field = match id.direction {
+    // Pod chains, their allow-list sets and their dispatch entries.
+    let peers = PeerSpans::new(plan);
+    for pod in &plan.pods {
+        let name = pod_chain_name(pod.direction, &pod.pod);
+        let field = match pod.direction {
             Direction::Ingress => AddrField::Saddr,
             Direction::Egress => AddrField::Daddr,
         };
-        let rules = chain
-            .matches
-            .iter()
-            .flat_map(|m| match_rules(&rs, m, field))
-            .collect();
-        rs.chains.insert(
-            policy_chain_name(id.direction, &id.policy),
-            NftChain { hook: None, rules },
-        );
-    }
-
-    // Pod chains and their dispatch entries.
-    for pod in &plan.pods {
-        let name = pod_chain_name(pod.direction, &pod.pod);
-        rs.chains.insert(
-            name.clone(),
-            NftChain {
-                hook: None,
-                rules: pod_rules(&rs, pod),
-            },
-        );
+        let mut rules = Vec::new();
+        for v6 in [false, true] {
+            if !pod.ips.iter().any(|ip| ip.is_ipv6() == v6) {
+                continue;
+            }
+            let (any, ports) = allow_list(plan, &peers, pod, v6);
+            let (any_set, ports_set) = (
+                pod_set_name(&name, "any", v6),
+                pod_set_name(&name, "ports", v6),
+            );
+            let what = format!("{} {}", pod.pod, dir_word(pod.direction));
+            rs.sets.insert(
+                any_set.clone(),
+                NftSet {
+                    key: if v6 { KeyType::Ipv6 } else { KeyType::Ipv4 },
+                    interval: true,
+                    comment: format!("{what}: peers allowed on every port"),
+                    elements: any,
+                },
+            );
+            rs.sets.insert(
+                ports_set.clone(),
+                NftSet {
+                    key: if v6 { KeyType::Tuple6 } else { KeyType::Tuple4 },
+                    interval: true,
+                    comment: format!("{what}: peer . protocol . port allowed"),
+                    elements: ports,
+                },
+            );
+            rules.push(rule(
+                vec![Cond::AddrIn {
+                    v6,
+                    field,
+                    set: any_set,
+                }],
+                Action::Accept,
+            ));
+            rules.push(rule(
+                vec![Cond::TupleIn {
+                    v6,
+                    field,
+                    set: ports_set,
+                }],
+                Action::Accept,
+            ));
+        }
+        rules.push(rule(vec![], Action::CountDrop));
+        rs.chains
+            .insert(name.clone(), NftChain { hook: None, rules });
         for ip in &pod.ips {
             let map = dispatch_map(pod.direction, ip.is_ipv6());
             rs.maps
@@ -235,64 +203,145 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
     rs
 }
 
+fn dir_word(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+/// `CHAIN.any4`, `CHAIN.ports6`, ...
+pub fn pod_set_name(chain: &str, part: &str, v6: bool) -> String {
+    format!("{chain}.{part}{}", if v6 { 6 } else { 4 })
+}
+
+/// The plan's address sets as normalized spans per family, computed once
+/// per render.
+struct PeerSpans<'a> {
+    sets: HashMap<&'a str, [Vec<Span>; 2]>,
+}
+
+impl<'a> PeerSpans<'a> {
+    fn new(plan: &'a Plan) -> Self {
+        let sets = plan
+            .addr_sets
+            .iter()
+            .map(|(id, set)| {
+                let mut fams: [Vec<Span>; 2] = [Vec::new(), Vec::new()];
+                match &set.kind {
+                    AddrSetKind::Hosts(h) => {
+                        for ip in h {
+                            let n = to_u128(*ip);
+                            fams[ip.is_ipv6() as usize].push((n, n));
+                        }
+                    }
+                    AddrSetKind::Ranges(r) => {
+                        for r in r {
+                            fams[r.start.is_ipv6() as usize]
+                                .push((to_u128(r.start), to_u128(r.end)));
+                        }
+                    }
+                }
+                (id.as_str(), fams.map(normalize))
+            })
+            .collect();
+        Self { sets }
+    }
+
+    /// A line's peers in one family: every address when it names none, and
+    /// nothing when its set is unknown (as [`Plan::decide`] reads it).
+    fn of(&self, peer: Option<&SetId>, v6: bool) -> &[Span] {
+        const ALL4: [Span; 1] = [(0, u32::MAX as u128)];
+        const ALL6: [Span; 1] = [(0, u128::MAX)];
+        match peer {
+            None if v6 => &ALL6,
+            None => &ALL4,
+            Some(id) => self
+                .sets
+                .get(id.as_str())
+                .map_or(&[], |f| f[v6 as usize].as_slice()),
+        }
+    }
+}
+
+/// One isolated pod's allow-list in one direction and family, merged over
+/// all the lines of all its policies: the peers allowed on every port, and
+/// the `peer . protocol . port` boxes.
+fn allow_list(
+    plan: &Plan,
+    peers: &PeerSpans,
+    pod: &PodChain,
+    v6: bool,
+) -> (BTreeSet<Elem>, BTreeSet<Elem>) {
+    let mut b = Builder::new(v6);
+    for policy in &pod.policies {
+        let id = PolicyId {
+            policy: policy.clone(),
+            direction: pod.direction,
+        };
+        let Some(chain) = plan.policies.get(&id) else {
+            continue;
+        };
+        for m in &chain.matches {
+            let spans = peers.of(m.peer.as_ref(), v6);
+            match &m.ports {
+                PortMatch::Any => b.any(spans),
+                PortMatch::Proto(p) => b.ports(*p, 0, u16::MAX, spans),
+                PortMatch::Ports(p, ranges) => {
+                    for (lo, hi) in ranges {
+                        b.ports(*p, *lo, *hi, spans);
+                    }
+                }
+                PortMatch::Named(set) => {
+                    let Some(set) = plan.port_sets.get(set) else {
+                        continue;
+                    };
+                    let family = set.elements.iter().filter(|(ip, _, _)| ip.is_ipv6() == v6);
+                    match pod.direction {
+                        // The name is resolved on the pod itself, the
+                        // destination.
+                        Direction::Ingress => {
+                            for (ip, proto, port) in family {
+                                if pod.ips.contains(ip) {
+                                    b.ports(*proto, *port, *port, spans);
+                                }
+                            }
+                        }
+                        // On each destination peer that has it.
+                        Direction::Egress => {
+                            for (ip, proto, port) in family {
+                                let n = to_u128(*ip);
+                                if spans
+                                    .binary_search_by(|s| {
+                                        if s.1 < n {
+                                            std::cmp::Ordering::Less
+                                        } else if s.0 > n {
+                                            std::cmp::Ordering::Greater
+                                        } else {
+                                            std::cmp::Ordering::Equal
+                                        }
+                                    })
+                                    .is_ok()
+                                {
+                                    b.ports(*proto, *port, *port, &[(n, n)]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let (any, ports) = b
+        .build()
+        .elems()
+        .into_iter()
+        .partition(|e| matches!(e, Elem::Range(..)));
+    (any, ports)
+}
+
 fn rule(conds: Vec<Cond>, action: Action) -> NftRule {
     NftRule { conds, action }
-}
-
-fn pod_rules(rs: &Ruleset, pod: &PodChain) -> Vec<NftRule> {
-    let mut rules: Vec<NftRule> = pod
-        .policies
-        .iter()
-        .map(|p| policy_chain_name(pod.direction, p))
-        .filter(|c| rs.chains.contains_key(c))
-        .map(|c| rule(vec![], Action::Jump(c)))
-        .collect();
-    rules.push(rule(vec![], Action::CountDrop));
-    rules
-}
-
-/// The nft rules of one plan line: one per address family that has
-/// something to match.
-fn match_rules(rs: &Ruleset, m: &Match, field: AddrField) -> Vec<NftRule> {
-    let mut out = Vec::new();
-    // Family-independent line: no peer set, no named-port set.
-    if m.peer.is_none() && !matches!(m.ports, PortMatch::Named(_)) {
-        out.push(rule(port_conds(&m.ports), Action::Accept));
-        return out;
-    }
-    for v6 in [false, true] {
-        let mut conds = Vec::new();
-        if let Some(peer) = &m.peer {
-            let set = family_set(peer, v6);
-            if !rs.sets.contains_key(&set) {
-                continue;
-            }
-            conds.push(Cond::AddrIn { v6, field, set });
-        }
-        match &m.ports {
-            PortMatch::Named(id) => {
-                let set = family_set(id, v6);
-                if !rs.sets.contains_key(&set) {
-                    continue;
-                }
-                conds.push(Cond::DstTupleIn { v6, set });
-            }
-            other => conds.extend(port_conds(other)),
-        }
-        out.push(rule(conds, Action::Accept));
-    }
-    out
-}
-
-fn port_conds(p: &PortMatch) -> Vec<Cond> {
-    match p {
-        PortMatch::Any => vec![],
-        PortMatch::Proto(proto) => vec![Cond::L4Proto(*proto)],
-        PortMatch::Ports(proto, ranges) => {
-            vec![Cond::L4Proto(*proto), Cond::DPorts(ranges.clone())]
-        }
-        PortMatch::Named(_) => unreachable!("named ports are matched by their set"),
-    }
 }
 
 /// Addresses in a rendered ruleset, for tests and explanations.

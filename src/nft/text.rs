@@ -36,29 +36,26 @@ pub(crate) const ND_TYPES: [&str; 5] = [
     "nd-redirect",
 ];
 
-fn ports(r: &[(u16, u16)]) -> String {
-    let items: Vec<String> = r
-        .iter()
-        .map(|(s, e)| {
-            if s == e {
-                s.to_string()
-            } else {
-                format!("{s}-{e}")
-            }
-        })
-        .collect();
-    if items.len() == 1 {
-        items[0].clone()
-    } else {
-        format!("{{ {} }}", items.join(", "))
-    }
-}
-
 pub(crate) fn elem_text(e: &Elem) -> String {
     match e {
         Elem::Addr(ip) => ip.to_string(),
         Elem::Range(s, t) => range_text(*s, *t),
-        Elem::Tuple(ip, p, port) => format!("{ip} . {} . {port}", p.keyword()),
+        Elem::Box {
+            addrs,
+            proto,
+            ports: (lo, hi),
+        } => {
+            let ports = if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            };
+            format!(
+                "{} . {} . {ports}",
+                range_text(addrs.start, addrs.end),
+                proto.keyword()
+            )
+        }
     }
 }
 
@@ -82,10 +79,12 @@ pub(crate) fn rule_text(r: &NftRule) -> String {
             }
             Cond::FromLocalNode => "fib saddr type local".to_string(),
             Cond::AddrIn { v6, field: f, set } => format!("{} {} @{set}", fam(*v6), field(*f)),
-            Cond::L4Proto(p) => format!("meta l4proto {}", p.keyword()),
-            Cond::DPorts(r) => format!("th dport {}", ports(r)),
-            Cond::DstTupleIn { v6, set } => {
-                format!("{} daddr . meta l4proto . th dport @{set}", fam(*v6))
+            Cond::TupleIn { v6, field: f, set } => {
+                format!(
+                    "{} {} . meta l4proto . th dport @{set}",
+                    fam(*v6),
+                    field(*f)
+                )
             }
         })
         .collect();
@@ -132,8 +131,10 @@ pub fn to_text(rs: &Ruleset) -> String {
             let _ = writeln!(out, "\t\tflags interval");
         }
         let _ = writeln!(out, "\t\tcomment {:?}", set.comment);
-        let elems: Vec<String> = set.elements.iter().map(elem_text).collect();
-        let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "));
+        if !set.elements.is_empty() {
+            let elems: Vec<String> = set.elements.iter().map(elem_text).collect();
+            let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "));
+        }
         let _ = writeln!(out, "\t}}\n");
     }
     // Jump targets before the chains that jump, maps before the base chains
