@@ -7,6 +7,11 @@
 //! One [`Incremental`] per node takes each change; after random steps and
 //! after the last one, its plan, findings and warnings must equal
 //! [`compile`] of the same objects.
+//!
+//! Each node's table follows along as the controller keeps it: the plan is
+//! rendered and diffed against what was applied before (interval sets are
+//! then cut as history left them, not canonically), and the table after the
+//! diff must decide every probe as the freshly rendered one does.
 
 mod common;
 
@@ -18,9 +23,12 @@ use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use nftpol::compiler::Protocol;
 use nftpol::compiler::{
     Incremental, Labels, NamespaceInfo, ObjectKey, PodInfo, Snapshot, compile, policy_key,
 };
+use nftpol::nft::eval::{self, Packet};
+use nftpol::nft::{Ruleset, ops, render};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -146,6 +154,8 @@ struct World {
     pods: BTreeMap<ObjectKey, Arc<PodInfo>>,
     policies: BTreeMap<ObjectKey, Arc<NetworkPolicy>>,
     compilers: Vec<Incremental>,
+    /// Each node's table as the last diff left it.
+    applied: Vec<Option<Ruleset>>,
     version: u64,
 }
 
@@ -160,6 +170,7 @@ impl World {
             pods: BTreeMap::new(),
             policies: BTreeMap::new(),
             compilers: NODES.iter().map(|n| Incremental::new(*n)).collect(),
+            applied: NODES.iter().map(|_| None).collect(),
             version: 0,
         };
         for ns in snap.namespaces.values() {
@@ -315,6 +326,34 @@ impl World {
             );
             prop_assert_eq!(&got.warnings, &fresh.warnings, "warnings after {}", after);
         }
+        for (i, c) in self.compilers.iter_mut().enumerate() {
+            let want = render(&c.compile().plan, "nftpol");
+            let now = match self.applied[i].take() {
+                None => want.clone(),
+                Some(old) => {
+                    let change = ops::diff(&old, &want);
+                    prop_assert!(
+                        change.is_some(),
+                        "{}: no incremental diff after {}",
+                        c.node(),
+                        after
+                    );
+                    change.expect("checked").applied
+                }
+            };
+            for p in probes(&snap) {
+                let (a, b) = (eval::forward(&now, &p), eval::forward(&want, &p));
+                prop_assert_eq!(
+                    a.accepted,
+                    b.accepted,
+                    "{}: {:?} decided otherwise by the table after the diff than by the rendered one, after {}",
+                    c.node(),
+                    p,
+                    after
+                );
+            }
+            self.applied[i] = Some(now);
+        }
         Ok(())
     }
 }
@@ -337,4 +376,49 @@ proptest! {
         }
         w.check("the last step")?;
     }
+}
+
+/// Every pair of pod and external addresses of one family (pods of any
+/// phase, so that addresses of finished pods are probed too), on the ports
+/// policies here use and a few others.
+fn probes(snap: &Snapshot) -> Vec<Packet> {
+    let mut ips: Vec<std::net::IpAddr> = snap
+        .pods
+        .iter()
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
+    ips.extend(
+        g::EXTERNAL_ADDRESSES
+            .iter()
+            .map(|a| a.parse::<std::net::IpAddr>().expect("address")),
+    );
+    let mut ports: Vec<(Protocol, u16)> = vec![
+        (Protocol::Tcp, 80),
+        (Protocol::Tcp, 81),
+        (Protocol::Udp, 53),
+        (Protocol::Sctp, 80),
+    ];
+    for pod in &snap.pods {
+        for np in pod.named_ports.iter() {
+            ports.push((np.protocol, np.port));
+        }
+    }
+    ports.sort();
+    ports.dedup();
+    let mut out = Vec::new();
+    for &src in &ips {
+        for &dst in &ips {
+            if src != dst && src.is_ipv4() == dst.is_ipv4() {
+                for &(proto, port) in &ports {
+                    out.push(Packet {
+                        src,
+                        dst,
+                        proto,
+                        port,
+                    });
+                }
+            }
+        }
+    }
+    out
 }

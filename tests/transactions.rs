@@ -147,14 +147,12 @@ fn a_new_isolated_local_pod_adds_its_sets_chain_and_dispatch_entry_only() {
     assert_eq!(
         kinds(&ops),
         [
-            "add set",
-            "add set",
-            "add chain",
-            "add rule",
-            "add rule",
-            "add rule",
-            "add map entry"
-        ],
+            ["add set"; 4].as_slice(),
+            &["add chain"],
+            &["add rule"; 6],
+            &["add map entry"],
+        ]
+        .concat(),
         "{ops:?}"
     );
 }
@@ -183,7 +181,7 @@ fn a_pod_that_is_no_longer_isolated_loses_its_dispatch_entry_before_its_chain_an
     let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred);
     let entry = pos(&|o| matches!(o, Op::DeleteMapEntries { .. }));
     let chain = pos(&|o| matches!(o, Op::DeleteChain(c) if c == "pod-in/x/a"));
-    let set = pos(&|o| matches!(o, Op::DeleteSet(s) if s == "pod-in/x/a.any4"));
+    let set = pos(&|o| matches!(o, Op::DeleteSet(s) if s == "pod-in/x/a.addrs4"));
     assert!(
         entry.is_some() && chain.is_some() && set.is_some() && entry < chain && chain < set,
         "{ops:?}"

@@ -45,12 +45,61 @@ pub struct NftSet {
     pub interval: bool,
     pub comment: String,
     pub elements: BTreeSet<Elem>,
+    /// Sets with the same region name hold one region between them (a pod's
+    /// allow-list in one direction and family), each the elements of its
+    /// [`Part`]; the diff updates them together (see `nft::region`).
+    pub region: Option<String>,
 }
 
 impl NftSet {
     /// Whether two sets can be turned into each other by element updates.
     pub fn same_shape(&self, other: &NftSet) -> bool {
-        self.key == other.key && self.interval == other.interval && self.comment == other.comment
+        self.key == other.key
+            && self.interval == other.interval
+            && self.comment == other.comment
+            && self.region == other.region
+    }
+
+    /// Which elements this set holds.
+    pub fn part(&self) -> Part {
+        match (self.key, self.interval) {
+            (KeyType::Ipv4 | KeyType::Ipv6, false) => Part::Addrs,
+            (KeyType::Ipv4 | KeyType::Ipv6, true) => Part::AddrRanges,
+            (KeyType::Tuple4 | KeyType::Tuple6, false) => Part::Tuples,
+            (KeyType::Tuple4 | KeyType::Tuple6, true) => Part::Boxes,
+        }
+    }
+}
+
+/// The four sets of a pod's allow-list in one family, by the shape of the
+/// elements of its canonical region: single addresses on single ports
+/// (`address . protocol . port` tuples) and on every port in hash sets (one
+/// lookup, whatever their number), everything with a range (ipBlocks,
+/// neighbouring pods merged, port ranges) in interval sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    // Declared in the order a pod chain looks them up.
+    Tuples,
+    Addrs,
+    Boxes,
+    AddrRanges,
+}
+
+impl Part {
+    /// In the order a pod chain looks them up.
+    pub const ALL: [Part; 4] = [Part::Tuples, Part::Addrs, Part::Boxes, Part::AddrRanges];
+
+    /// The part an element of a region belongs to, by its shape.
+    pub fn of(e: &Elem) -> Part {
+        match e {
+            Elem::Addr(_) => Part::Addrs,
+            Elem::Range(a, b) if a == b => Part::Addrs,
+            Elem::Range(..) => Part::AddrRanges,
+            Elem::Box { addrs, ports, .. } if addrs.start == addrs.end && ports.0 == ports.1 => {
+                Part::Tuples
+            }
+            Elem::Box { .. } => Part::Boxes,
+        }
     }
 }
 

@@ -2,10 +2,10 @@
 //! between what was applied and what is wanted. Both are lists of [`Op`]s
 //! that become one `nft -j -f -` batch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::model::{Elem, Hook, KeyType, NftRule, NftSet, Ruleset};
+use super::model::{Elem, Hook, KeyType, NftRule, NftSet, Part, Ruleset};
 use super::region;
 
 /// One command of a batch. Every command names our table, and only it.
@@ -143,7 +143,9 @@ fn diff_with(old: &Ruleset, new: &Ruleset, exact: bool) -> Option<Change> {
     let mut ops = Vec::new();
     let mut applied = new.clone();
 
-    // 1. Sets: new ones whole, changed ones by element.
+    // 1. Sets: new ones whole, changed ones by element; the sets that hold
+    //    one region between them together.
+    let mut regions: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
     for (name, set) in &new.sets {
         match old.sets.get(name) {
             None => ops.push(Op::AddSet {
@@ -151,27 +153,9 @@ fn diff_with(old: &Ruleset, new: &Ruleset, exact: bool) -> Option<Change> {
                 set: set.clone(),
             }),
             Some(prev) if !prev.same_shape(set) => return None,
-            Some(prev) if set.interval && !exact => {
-                let u = region::update(set.key.is_v6(), &prev.elements, &set.elements);
-                if !u.gone.is_empty() {
-                    ops.push(Op::DeleteElements {
-                        set: name.clone(),
-                        key: set.key,
-                        elems: u.gone,
-                    });
-                }
-                if !u.added.is_empty() {
-                    ops.push(Op::AddElements {
-                        set: name.clone(),
-                        key: set.key,
-                        elems: u.added,
-                    });
-                }
-                applied
-                    .sets
-                    .get_mut(name)
-                    .expect("applied is a copy of new")
-                    .elements = u.now;
+            Some(_) if set.region.is_some() && !exact => {
+                let region = set.region.as_deref().expect("checked");
+                regions.entry(region).or_default().push(name);
             }
             Some(prev) => {
                 let gone: Vec<Elem> = prev.elements.difference(&set.elements).cloned().collect();
@@ -192,6 +176,9 @@ fn diff_with(old: &Ruleset, new: &Ruleset, exact: bool) -> Option<Change> {
                 }
             }
         }
+    }
+    for names in regions.values() {
+        update_region(old, new, names, &mut ops, &mut applied)?;
     }
 
     // 2. Chains: declare new ones, then refill new and changed ones.
@@ -281,6 +268,75 @@ fn diff_with(old: &Ruleset, new: &Ruleset, exact: bool) -> Option<Change> {
         }
     }
     Some(Change { ops, applied })
+}
+
+/// The sets `names`, which hold one region between them: the
+/// least-touching [`region::update`] of their elements taken together, each
+/// deletion from the set that holds the element, each addition to the set
+/// of its [`Part`]. `None` when a part's set is missing (a full replacement
+/// then).
+fn update_region(
+    old: &Ruleset,
+    new: &Ruleset,
+    names: &[&String],
+    ops: &mut Vec<Op>,
+    applied: &mut Ruleset,
+) -> Option<()> {
+    if names
+        .iter()
+        .all(|n| old.sets[*n].elements == new.sets[*n].elements)
+    {
+        return Some(());
+    }
+    let v6 = new.sets[names[0]].key.is_v6();
+    let had: BTreeSet<Elem> = names
+        .iter()
+        .flat_map(|n| old.sets[*n].elements.iter().cloned())
+        .collect();
+    let want: BTreeSet<Elem> = names
+        .iter()
+        .flat_map(|n| new.sets[*n].elements.iter().cloned())
+        .collect();
+    let u = region::update(v6, &had, &want);
+    let mut gone: BTreeMap<&String, Vec<Elem>> = BTreeMap::new();
+    for e in u.gone {
+        let holder = names.iter().find(|n| old.sets[**n].elements.contains(&e))?;
+        gone.entry(*holder).or_default().push(e);
+    }
+    let mut added: BTreeMap<&String, Vec<Elem>> = BTreeMap::new();
+    for e in u.added {
+        let part = Part::of(&e);
+        let to = names.iter().find(|n| new.sets[**n].part() == part)?;
+        added.entry(*to).or_default().push(e);
+    }
+    for name in names {
+        let key = new.sets[*name].key;
+        let mut now = old.sets[*name].elements.clone();
+        if let Some(elems) = gone.remove(name) {
+            for e in &elems {
+                now.remove(e);
+            }
+            ops.push(Op::DeleteElements {
+                set: (*name).clone(),
+                key,
+                elems,
+            });
+        }
+        if let Some(elems) = added.remove(name) {
+            now.extend(elems.iter().cloned());
+            ops.push(Op::AddElements {
+                set: (*name).clone(),
+                key,
+                elems,
+            });
+        }
+        applied
+            .sets
+            .get_mut(*name)
+            .expect("applied is a copy of new")
+            .elements = now;
+    }
+    Some(())
 }
 
 /// Removes the table whether or not it exists.

@@ -204,8 +204,8 @@ impl Region {
         self.keys.is_empty()
     }
 
-    /// The canonical elements: address ranges for the address-only part,
-    /// boxes for the rest.
+    /// The canonical elements: addresses and address ranges for the
+    /// address-only part, boxes for the rest.
     pub fn elems(&self) -> Vec<Elem> {
         let mut out = Vec::new();
         for (key, classes) in &self.keys {
@@ -216,6 +216,7 @@ impl Region {
                         end: from_u128(b, !self.v6),
                     };
                     out.push(match key {
+                        None if a == b => Elem::Addr(addrs.start),
                         None => Elem::Range(addrs.start, addrs.end),
                         Some(proto) => Elem::Box {
                             addrs,

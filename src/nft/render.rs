@@ -5,28 +5,33 @@
 //! egress check ends only that check and the packet still meets the ingress
 //! check (an accept ends only the current base chain; a drop is final).
 //!
-//! Each isolated pod gets one chain per direction, and per address family
-//! two interval sets holding its allow-list merged over all the policies
-//! that select it: the peers allowed on every port, and
-//! `peer . protocol . port` boxes (ipBlocks and pod addresses as ranges,
-//! port ranges, named ports resolved). So a new connection costs one
-//! dispatch lookup and two set lookups per direction, however many policies
-//! select the pod; the chains never change shape when policies or peers
-//! change, only set elements do.
+//! Each isolated pod gets one chain per direction holding its allow-list
+//! merged over all the policies that select it, per address family in four
+//! sets (the parts of one region, `nft::region`): single
+//! `peer . protocol . port` tuples and single peers allowed on every port in
+//! hash sets, and whatever has a range (ipBlocks, runs of neighbouring pod
+//! addresses, port ranges, every port of a protocol) in interval sets. So a
+//! new connection costs one dispatch lookup and at most four set lookups per
+//! direction, however many policies select the pod, and a hash lookup
+//! whatever the number of peers. The chains never change shape when policies
+//! or peers change, only set elements do.
 //!
 //! ```text
 //! forward-egress  (forward, prio 0) ─┐ ct established → accept
 //! input-egress    (input,   prio 0) ─┤ ip saddr vmap @dispatch-eg-4 ─► pod-eg/NS/POD
 //! forward-ingress (forward, prio 1) ─┘ ip daddr vmap @dispatch-in-4 ─► pod-in/NS/POD
-//!   pod-in/NS/POD:  ip saddr @pod-in/NS/POD.any4 accept
-//!                   ip saddr . meta l4proto . th dport @pod-in/NS/POD.ports4 accept
+//!   pod-in/NS/POD:  ip saddr . meta l4proto . th dport @pod-in/NS/POD.tuples4 accept
+//!                   ip saddr @pod-in/NS/POD.addrs4 accept
+//!                   ip saddr . meta l4proto . th dport @pod-in/NS/POD.boxes4 accept
+//!                   ip saddr @pod-in/NS/POD.ranges4 accept
+//!                   fib saddr type local accept   (ingress: the node itself)
 //!                   counter drop
 //! ```
 //!
 //! Which policy line allows a packet is the plan's business
 //! ([`Plan::decide`], `nftpol explain`); the kernel only needs the union.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::compiler::plan::{AddrSetKind, PodChain, PolicyId, SetId};
@@ -34,7 +39,7 @@ use crate::compiler::ranges::to_u128;
 use crate::compiler::{Direction, ObjectKey, Plan, PortMatch, stable_hash_hex};
 
 use super::model::{
-    Action, AddrField, Cond, Elem, Hook, KeyType, NftChain, NftMap, NftRule, NftSet, Ruleset,
+    Action, AddrField, Cond, Elem, Hook, KeyType, NftChain, NftMap, NftRule, NftSet, Part, Ruleset,
 };
 use super::region::{Builder, Span, normalize};
 
@@ -111,10 +116,6 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
             rule(vec![Cond::CtEstablished], Action::Accept),
             rule(vec![Cond::Icmpv6Discovery], Action::Accept),
         ];
-        if d == Direction::Ingress {
-            // The node itself (kubelet probes) always reaches its pods.
-            rules.push(rule(vec![Cond::FromLocalNode], Action::Accept));
-        }
         for v6 in [false, true] {
             rules.push(rule(
                 vec![],
@@ -135,7 +136,7 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
     }
 
     // Pod chains, their allow-list sets and their dispatch entries.
-    let peers = PeerSpans::new(plan);
+    let peers = PeerSets::new(plan);
     for pod in &plan.pods {
         let name = pod_chain_name(pod.direction, &pod.pod);
         let field = match pod.direction {
@@ -147,46 +148,55 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
             if !pod.ips.iter().any(|ip| ip.is_ipv6() == v6) {
                 continue;
             }
-            let (any, ports) = allow_list(plan, &peers, pod, v6);
-            let (any_set, ports_set) = (
-                pod_set_name(&name, "any", v6),
-                pod_set_name(&name, "ports", v6),
-            );
-            let what = format!("{} {}", pod.pod, dir_word(pod.direction));
-            rs.sets.insert(
-                any_set.clone(),
-                NftSet {
-                    key: if v6 { KeyType::Ipv6 } else { KeyType::Ipv4 },
-                    interval: true,
-                    comment: format!("{what}: peers allowed on every port"),
-                    elements: any,
-                },
-            );
-            rs.sets.insert(
-                ports_set.clone(),
-                NftSet {
-                    key: if v6 { KeyType::Tuple6 } else { KeyType::Tuple4 },
-                    interval: true,
-                    comment: format!("{what}: peer . protocol . port allowed"),
-                    elements: ports,
-                },
-            );
-            rules.push(rule(
-                vec![Cond::AddrIn {
-                    v6,
-                    field,
-                    set: any_set,
-                }],
-                Action::Accept,
-            ));
-            rules.push(rule(
-                vec![Cond::TupleIn {
-                    v6,
-                    field,
-                    set: ports_set,
-                }],
-                Action::Accept,
-            ));
+            let pod_what = format!("{} {}", pod.pod, dir_word(pod.direction));
+            let region = pod_region_name(&name, v6);
+            let parts = allow_list(plan, &peers, pod, v6);
+            // Cheapest and most common first: single peers on single ports.
+            for (part, elements) in parts {
+                let set = pod_set_name(&name, part, v6);
+                let (key, interval, cond, what) = match part {
+                    Part::Tuples => (
+                        tuple_key(v6),
+                        false,
+                        tuple_cond(v6, field, &set),
+                        "peer . protocol . port",
+                    ),
+                    Part::Addrs => (
+                        addr_key(v6),
+                        false,
+                        addr_cond(v6, field, &set),
+                        "peers on every port",
+                    ),
+                    Part::Boxes => (
+                        tuple_key(v6),
+                        true,
+                        tuple_cond(v6, field, &set),
+                        "peer ranges . protocol . port ranges",
+                    ),
+                    Part::AddrRanges => (
+                        addr_key(v6),
+                        true,
+                        addr_cond(v6, field, &set),
+                        "peer ranges on every port",
+                    ),
+                };
+                rs.sets.insert(
+                    set,
+                    NftSet {
+                        key,
+                        interval,
+                        comment: format!("{} allows {what}", pod_what),
+                        elements,
+                        region: Some(region.clone()),
+                    },
+                );
+                rules.push(rule(vec![cond], Action::Accept));
+            }
+        }
+        if pod.direction == Direction::Ingress {
+            // The node itself (kubelet probes) always reaches its pods; only
+            // packets that nothing else accepted pay for the route lookup.
+            rules.push(rule(vec![Cond::FromLocalNode], Action::Accept));
         }
         rules.push(rule(vec![], Action::CountDrop));
         rs.chains
@@ -210,20 +220,55 @@ fn dir_word(d: Direction) -> &'static str {
     }
 }
 
-/// `CHAIN.any4`, `CHAIN.ports6`, ...
-pub fn pod_set_name(chain: &str, part: &str, v6: bool) -> String {
+/// `CHAIN.tuples4`, `CHAIN.ranges6`, ...: the sets of one pod chain.
+pub fn pod_set_name(chain: &str, part: Part, v6: bool) -> String {
+    let part = match part {
+        Part::Tuples => "tuples",
+        Part::Addrs => "addrs",
+        Part::Boxes => "boxes",
+        Part::AddrRanges => "ranges",
+    };
     format!("{chain}.{part}{}", if v6 { 6 } else { 4 })
 }
 
-/// The plan's address sets as normalized spans per family, computed once
-/// per render.
-struct PeerSpans<'a> {
-    sets: HashMap<&'a str, [Vec<Span>; 2]>,
+/// The region a pod chain's sets of one family hold between them.
+fn pod_region_name(chain: &str, v6: bool) -> String {
+    format!("{chain}.{}", if v6 { 6 } else { 4 })
 }
 
-impl<'a> PeerSpans<'a> {
+fn addr_key(v6: bool) -> KeyType {
+    if v6 { KeyType::Ipv6 } else { KeyType::Ipv4 }
+}
+
+fn tuple_key(v6: bool) -> KeyType {
+    if v6 { KeyType::Tuple6 } else { KeyType::Tuple4 }
+}
+
+fn addr_cond(v6: bool, field: AddrField, set: &str) -> Cond {
+    Cond::AddrIn {
+        v6,
+        field,
+        set: set.to_string(),
+    }
+}
+
+fn tuple_cond(v6: bool, field: AddrField, set: &str) -> Cond {
+    Cond::TupleIn {
+        v6,
+        field,
+        set: set.to_string(),
+    }
+}
+
+/// The plan's address sets as normalized spans per family (neighbouring
+/// pod addresses merge), computed once per render.
+struct PeerSets<'a> {
+    spans: HashMap<&'a str, [Vec<Span>; 2]>,
+}
+
+impl<'a> PeerSets<'a> {
     fn new(plan: &'a Plan) -> Self {
-        let sets = plan
+        let spans = plan
             .addr_sets
             .iter()
             .map(|(id, set)| {
@@ -245,7 +290,7 @@ impl<'a> PeerSpans<'a> {
                 (id.as_str(), fams.map(normalize))
             })
             .collect();
-        Self { sets }
+        Self { spans }
     }
 
     /// A line's peers in one family: every address when it names none, and
@@ -257,22 +302,29 @@ impl<'a> PeerSpans<'a> {
             None if v6 => &ALL6,
             None => &ALL4,
             Some(id) => self
-                .sets
+                .spans
                 .get(id.as_str())
                 .map_or(&[], |f| f[v6 as usize].as_slice()),
         }
     }
 }
 
+fn spans_hold(spans: &[Span], ip: IpAddr) -> bool {
+    let n = to_u128(ip);
+    let i = spans.partition_point(|x| x.0 <= n);
+    i > 0 && spans[i - 1].1 >= n
+}
+
 /// One isolated pod's allow-list in one direction and family, merged over
-/// all the lines of all its policies: the peers allowed on every port, and
-/// the `peer . protocol . port` boxes.
+/// all the lines of all its policies: the canonical region (`nft::region`:
+/// neighbouring pods merge into ranges) split into its four parts by the
+/// shape of each element.
 fn allow_list(
     plan: &Plan,
-    peers: &PeerSpans,
+    peers: &PeerSets,
     pod: &PodChain,
     v6: bool,
-) -> (BTreeSet<Elem>, BTreeSet<Elem>) {
+) -> BTreeMap<Part, BTreeSet<Elem>> {
     let mut b = Builder::new(v6);
     for policy in &pod.policies {
         let id = PolicyId {
@@ -310,19 +362,8 @@ fn allow_list(
                         // On each destination peer that has it.
                         Direction::Egress => {
                             for (ip, proto, port) in family {
-                                let n = to_u128(*ip);
-                                if spans
-                                    .binary_search_by(|s| {
-                                        if s.1 < n {
-                                            std::cmp::Ordering::Less
-                                        } else if s.0 > n {
-                                            std::cmp::Ordering::Greater
-                                        } else {
-                                            std::cmp::Ordering::Equal
-                                        }
-                                    })
-                                    .is_ok()
-                                {
+                                if spans_hold(spans, *ip) {
+                                    let n = to_u128(*ip);
                                     b.ports(*proto, *port, *port, &[(n, n)]);
                                 }
                             }
@@ -332,12 +373,15 @@ fn allow_list(
             }
         }
     }
-    let (any, ports) = b
-        .build()
-        .elems()
-        .into_iter()
-        .partition(|e| matches!(e, Elem::Range(..)));
-    (any, ports)
+    let mut parts: BTreeMap<Part, BTreeSet<Elem>> =
+        Part::ALL.iter().map(|p| (*p, BTreeSet::new())).collect();
+    for e in b.build().elems() {
+        parts
+            .get_mut(&Part::of(&e))
+            .expect("every part is present")
+            .insert(e);
+    }
+    parts
 }
 
 fn rule(conds: Vec<Cond>, action: Action) -> NftRule {
