@@ -14,7 +14,8 @@ use super::snapshot::{ObjectKey, Protocol};
 /// that successive plans name the same set the same way.
 pub type SetId = String;
 
-/// A policy in one direction: the unit that becomes one shared chain.
+/// A policy in one direction: the allow lines of one policy, which the
+/// renderer merges into the allow-list of every pod the policy selects.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyId {
     pub policy: ObjectKey,
@@ -48,7 +49,7 @@ pub enum PortMatch {
     Named(SetId),
 }
 
-/// One allow line of a policy chain: the peer (`None` = any address) and the
+/// One allow line of a policy: the peer (`None` = any address) and the
 /// ports. The peer is the source for ingress and the destination for egress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Match {

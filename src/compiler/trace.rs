@@ -1,8 +1,10 @@
-//! Decides a packet against a [`Plan`] the way the rendered ruleset does:
-//! dispatch by address to the pod chain, walk the policy chains in order,
-//! accept on the first matching line, drop at the end of an isolated pod's
-//! chain. Used by `explain` and by the tests that hold the plan against the
-//! reference evaluator.
+//! Decides a packet against a [`Plan`]: dispatch by address to the pod
+//! chain, walk its policies in order, accept on the first matching line,
+//! drop at the end of an isolated pod's chain. The rendered ruleset merges a
+//! pod's policies into one allow-list and so decides the same (held by
+//! tests/proptest_plan.rs with `nft::eval`); this walk also says which line
+//! of which policy allowed. Used by `explain` and by the tests that hold the
+//! plan against the reference evaluator.
 
 use std::net::IpAddr;
 
