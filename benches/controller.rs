@@ -54,6 +54,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nftpol::compiler::{Incremental, PodInfo, Snapshot, compile, policy_key};
 use nftpol::devserver::{Config, DevServer, Handle};
 use nftpol::lab::Netns;
+use nftpol::nft::render::Renderer;
 use nftpol::nft::{Nft, Syncer, json, ops, render};
 use nftpol::synth::{
     SynthSpec, namespace_object, pod_object, policy_object, synth_cluster, with_local_pod_added,
@@ -867,9 +868,22 @@ fn phases(scenarios: &[Scenario], nft: &Nft, runs: usize) -> Vec<Phases> {
             std::hint::black_box(compile(&sc.after, NODE));
         });
         let plan = compile(&sc.after, NODE).plan;
-        let render_t = median_of(runs, || {
-            std::hint::black_box(render(&plan, TABLE));
-        });
+        // Rendered as the controller does: by a renderer that rendered the
+        // plan before the change, from the same incremental compiler (whose
+        // unchanged sets are the same `Arc`s, so unchanged pods are reused).
+        let mut shared = Incremental::from_snapshot(&sc.before, NODE);
+        let plan_before = shared.compile().plan;
+        let mut shared = delta(&sc.before, &sc.after).apply(Some(shared), NODE);
+        let plan_after = shared.compile().plan;
+        let mut times = Vec::new();
+        for _ in 0..runs.max(7) {
+            let mut r = Renderer::default();
+            r.render(&plan_before, TABLE);
+            let t = Instant::now();
+            std::hint::black_box(r.render(&plan_after, TABLE));
+            times.push(t.elapsed());
+        }
+        let render_t = median(times);
         let want = render(&plan, TABLE);
         let mut body = Vec::new();
         let mut commands = 0;

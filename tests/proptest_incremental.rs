@@ -11,7 +11,9 @@
 //! Each node's table follows along as the controller keeps it: the plan is
 //! rendered and diffed against what was applied before (interval sets are
 //! then cut as history left them, not canonically), and the table after the
-//! diff must decide every probe as the freshly rendered one does.
+//! diff must decide every probe as the freshly rendered one does. The
+//! renderer the controller keeps (which reuses the allow-lists of pods whose
+//! inputs did not change) must render exactly what a fresh render does.
 
 mod common;
 
@@ -28,6 +30,7 @@ use nftpol::compiler::{
     Incremental, Labels, NamespaceInfo, ObjectKey, PodInfo, Snapshot, compile, policy_key,
 };
 use nftpol::nft::eval::{self, Packet};
+use nftpol::nft::render::Renderer;
 use nftpol::nft::{Ruleset, ops, render};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -156,6 +159,8 @@ struct World {
     compilers: Vec<Incremental>,
     /// Each node's table as the last diff left it.
     applied: Vec<Option<Ruleset>>,
+    /// Each node's renderer, which reuses unchanged pods' allow-lists.
+    renderers: Vec<Renderer>,
     version: u64,
 }
 
@@ -171,6 +176,7 @@ impl World {
             policies: BTreeMap::new(),
             compilers: NODES.iter().map(|n| Incremental::new(*n)).collect(),
             applied: NODES.iter().map(|_| None).collect(),
+            renderers: NODES.iter().map(|_| Renderer::default()).collect(),
             version: 0,
         };
         for ns in snap.namespaces.values() {
@@ -327,7 +333,14 @@ impl World {
             prop_assert_eq!(&got.warnings, &fresh.warnings, "warnings after {}", after);
         }
         for (i, c) in self.compilers.iter_mut().enumerate() {
-            let want = render(&c.compile().plan, "nftpol");
+            let plan = c.compile().plan;
+            let want = render(&plan, "nftpol");
+            prop_assert!(
+                self.renderers[i].render(&plan, "nftpol") == want,
+                "{}: the reusing renderer differs from a fresh render after {}",
+                c.node(),
+                after
+            );
             let now = match self.applied[i].take() {
                 None => want.clone(),
                 Some(old) => {

@@ -33,8 +33,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::compiler::plan::{AddrSetKind, PodChain, PolicyId, SetId};
+use crate::compiler::plan::{
+    AddrSet, AddrSetKind, Match, PodChain, PolicyChain, PolicyId, PortSet, SetId,
+};
 use crate::compiler::ranges::to_u128;
 use crate::compiler::{Direction, ObjectKey, Plan, PortMatch, stable_hash_hex};
 
@@ -90,6 +93,144 @@ pub fn pod_chain_name(d: Direction, pod: &ObjectKey) -> String {
 
 /// Renders a plan into the table `table`.
 pub fn render(plan: &Plan, table: &str) -> Ruleset {
+    Renderer::default().render(plan, table)
+}
+
+type Parts = BTreeMap<Part, BTreeSet<Elem>>;
+
+/// Renders plan after plan, as the controller does: a pod's allow-list is
+/// merged again only when something it is built from changed (its
+/// addresses, its policies' lines, or a peer or named-port set, which the
+/// compiler keeps as the same `Arc` while unchanged).
+#[derive(Debug, Default)]
+pub struct Renderer {
+    lists: HashMap<(String, bool), (Inputs, Parts)>,
+}
+
+/// What one allow-list was merged from. The sets are held, so that a
+/// pointer compared later still names the same set.
+#[derive(Debug)]
+struct Inputs {
+    ips: Vec<IpAddr>,
+    policies: Vec<(ObjectKey, Option<Vec<Match>>)>,
+    addr_sets: Vec<Option<Arc<AddrSet>>>,
+    port_sets: Vec<Option<Arc<PortSet>>>,
+}
+
+impl Inputs {
+    fn lines<'a>(
+        plan: &'a Plan,
+        pod: &'a PodChain,
+    ) -> impl Iterator<Item = Option<&'a PolicyChain>> {
+        pod.policies.iter().map(move |p| {
+            plan.policies.get(&PolicyId {
+                policy: p.clone(),
+                direction: pod.direction,
+            })
+        })
+    }
+
+    fn of(plan: &Plan, pod: &PodChain) -> Self {
+        let mut addr_sets = Vec::new();
+        let mut port_sets = Vec::new();
+        let mut policies = Vec::new();
+        for (key, chain) in pod.policies.iter().zip(Self::lines(plan, pod)) {
+            if let Some(chain) = chain {
+                for m in &chain.matches {
+                    addr_sets.push(
+                        m.peer
+                            .as_ref()
+                            .and_then(|id| plan.addr_sets.get(id).cloned()),
+                    );
+                    if let PortMatch::Named(id) = &m.ports {
+                        port_sets.push(plan.port_sets.get(id).cloned());
+                    }
+                }
+            }
+            policies.push((key.clone(), chain.map(|c| c.matches.clone())));
+        }
+        Inputs {
+            ips: pod.ips.clone(),
+            policies,
+            addr_sets,
+            port_sets,
+        }
+    }
+
+    /// Whether `pod` in `plan` is built from exactly this, without copying.
+    fn unchanged(&self, plan: &Plan, pod: &PodChain) -> bool {
+        if self.ips != pod.ips || self.policies.len() != pod.policies.len() {
+            return false;
+        }
+        let (mut a, mut n) = (self.addr_sets.iter(), self.port_sets.iter());
+        for ((key, held), (now, chain)) in self
+            .policies
+            .iter()
+            .zip(pod.policies.iter().zip(Self::lines(plan, pod)))
+        {
+            if key != now {
+                return false;
+            }
+            let lines = chain.map(|c| &c.matches);
+            if held.as_ref() != lines {
+                return false;
+            }
+            for m in lines.into_iter().flatten() {
+                if !same(
+                    a.next(),
+                    m.peer.as_ref().and_then(|id| plan.addr_sets.get(id)),
+                ) {
+                    return false;
+                }
+                if let PortMatch::Named(id) = &m.ports
+                    && !same(n.next(), plan.port_sets.get(id))
+                {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Whether a held set is the one the plan has now (both absent counts).
+fn same<T>(held: Option<&Option<Arc<T>>>, now: Option<&Arc<T>>) -> bool {
+    match (held, now) {
+        (Some(Some(h)), Some(n)) => Arc::ptr_eq(h, n),
+        (Some(None), None) => true,
+        _ => false,
+    }
+}
+
+impl Renderer {
+    /// Renders a plan into the table `table`.
+    pub fn render(&mut self, plan: &Plan, table: &str) -> Ruleset {
+        let mut seen = std::collections::HashSet::new();
+        let mut peers: Option<PeerSets> = None;
+        let rs = render_with(plan, table, |name, pod, v6| {
+            let key = (name.to_string(), v6);
+            seen.insert(key.clone());
+            if let Some((inputs, parts)) = self.lists.get(&key)
+                && inputs.unchanged(plan, pod)
+            {
+                return parts.clone();
+            }
+            let peers = peers.get_or_insert_with(|| PeerSets::new(plan));
+            let parts = allow_list(plan, peers, pod, v6);
+            self.lists
+                .insert(key, (Inputs::of(plan, pod), parts.clone()));
+            parts
+        });
+        self.lists.retain(|k, _| seen.contains(k));
+        rs
+    }
+}
+
+fn render_with(
+    plan: &Plan,
+    table: &str,
+    mut lists: impl FnMut(&str, &PodChain, bool) -> Parts,
+) -> Ruleset {
     let mut rs = Ruleset {
         table: table.to_string(),
         ..Ruleset::default()
@@ -136,7 +277,6 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
     }
 
     // Pod chains, their allow-list sets and their dispatch entries.
-    let peers = PeerSets::new(plan);
     for pod in &plan.pods {
         let name = pod_chain_name(pod.direction, &pod.pod);
         let field = match pod.direction {
@@ -150,7 +290,7 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
             }
             let pod_what = format!("{} {}", pod.pod, dir_word(pod.direction));
             let region = pod_region_name(&name, v6);
-            let parts = allow_list(plan, &peers, pod, v6);
+            let parts = lists(&name, pod, v6);
             // Cheapest and most common first: single peers on single ports.
             for (part, elements) in parts {
                 let set = pod_set_name(&name, part, v6);

@@ -69,6 +69,8 @@ pub async fn run(
 ) {
     let mut syncer = Some(Syncer::new(cfg.nft.clone(), cfg.table.clone()));
     let mut compiler: Option<Incremental> = None;
+    // Reuses the allow-lists of pods whose inputs did not change.
+    let mut renderer = Some(nft::render::Renderer::default());
     let mut next_resync = Instant::now() + cfg.resync_period;
     let mut last_start: Option<Instant> = None;
     let mut failures: u32 = 0;
@@ -125,11 +127,14 @@ pub async fn run(
             s.force_full();
         }
         let c = compiler.take();
+        let mut r = renderer
+            .take()
+            .expect("the renderer is put back after each sync");
         // Compile and apply off the async threads: nft is a blocking exec.
-        let (s, c, compiled, result) = tokio::task::spawn_blocking(move || {
+        let (s, c, r, compiled, result) = tokio::task::spawn_blocking(move || {
             let mut c = delta.apply(c, &node);
             let compiled = c.compile();
-            let rs = nft::render(&compiled.plan, &table);
+            let rs = r.render(&compiled.plan, &table);
             // On a thread of its own: the batch document of a full sync is
             // large and short-lived (~70 MiB for 180k set elements), and
             // glibc gives back an arena that holds only freed memory, while
@@ -140,12 +145,13 @@ pub async fn run(
                 let sync = scope.spawn(|| s.sync(rs));
                 sync.join().expect("the sync thread does not panic")
             });
-            (s, c, compiled, result)
+            (s, c, r, compiled, result)
         })
         .await
         .expect("sync task does not panic");
         syncer = Some(s);
         compiler = Some(c);
+        renderer = Some(r);
 
         report_invalid(
             &shared,
