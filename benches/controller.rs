@@ -573,8 +573,8 @@ fn build_scenarios(snap: &Snapshot, spec: &SynthSpec) -> Vec<Scenario> {
     );
     out.push(Scenario {
         name: "(b) node-1 pod relabelled",
-        write: Write_::merge_labels("pods", path.clone(), &new.labels),
-        undo: Write_::merge_labels("pods", path, &old.labels),
+        write: Write_::merge_labels("pods", path.clone(), &new.labels.to_map()),
+        undo: Write_::merge_labels("pods", path, &old.labels.to_map()),
         before: snap.clone(),
         after: relabeled.clone(),
     });

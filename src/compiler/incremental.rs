@@ -930,9 +930,9 @@ mod tests {
     fn pod(name: &str, node: &str, ip: &str) -> Arc<PodInfo> {
         Arc::new(PodInfo {
             key: ObjectKey::new("x", name),
-            labels: Arc::new([("app".to_string(), "web".to_string())].into()),
+            labels: crate::compiler::Labels::from([("app".to_string(), "web".to_string())]).into(),
             node: Some(node.into()),
-            ips: vec![ip.parse().expect("an address")],
+            ips: vec![ip.parse().expect("an address")].into(),
             host_network: false,
             phase: Some("Running".into()),
             named_ports: Vec::new().into(),
