@@ -294,7 +294,7 @@ fn report_invalid(
             action: "Compile".into(),
             secondary: None,
         };
-        let reference = policy.object_ref(&());
+        let reference = policy.to_policy().object_ref(&());
         let recorder = recorder.clone();
         let key = key.clone();
         tokio::spawn(async move {
