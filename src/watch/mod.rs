@@ -26,6 +26,7 @@ pub mod list;
 pub mod metrics;
 mod reconcile;
 pub mod store;
+mod trim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
