@@ -33,7 +33,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::plan::{
     AddrSet, AddrSetKind, Match, Plan, PodChain, PolicyChain, PolicyId, PortMatch, PortSet, SetId,
@@ -50,13 +49,12 @@ use super::{Compiled, describe_pods, merge_ports, pods_peer_key, ranges, set_id}
 /// The identity under which a NetworkPolicy is compiled and reported
 /// (`default` stands in for a missing namespace, as in [`parse_policy`]).
 pub fn policy_key(np: &NetworkPolicy) -> ObjectKey {
-    meta_key(&np.metadata)
-}
-
-fn meta_key(m: &ObjectMeta) -> ObjectKey {
     ObjectKey::new(
-        m.namespace.clone().unwrap_or_else(|| "default".into()),
-        m.name.clone().unwrap_or_default(),
+        np.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        np.metadata.name.clone().unwrap_or_default(),
     )
 }
 
@@ -466,7 +464,7 @@ impl Incremental {
     /// [`upsert_policy`](Self::upsert_policy) for a policy as the
     /// controller's store keeps it (the compiler shares it).
     pub fn upsert_policy_object(&mut self, obj: Arc<PolicyObject>) {
-        let key = meta_key(&obj.metadata);
+        let key = obj.key();
         if let Some(e) = self.world.policies.get_mut(&key)
             && (Arc::ptr_eq(&e.source, &obj) || e.source.same_spec(&obj))
         {

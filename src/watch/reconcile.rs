@@ -265,12 +265,8 @@ fn report_invalid(
             continue;
         };
         let id = (
-            policy
-                .metadata
-                .uid
-                .clone()
-                .unwrap_or_else(|| key.to_string()),
-            policy.metadata.generation.unwrap_or(0),
+            policy.uid().map_or_else(|| key.to_string(), str::to_string),
+            policy.generation().unwrap_or(0),
         );
         if !reported.insert(id) {
             continue;

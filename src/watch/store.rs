@@ -289,22 +289,9 @@ impl Trim<ObjectKey, PolicyObject> for NetworkPolicy {
     fn key(&self) -> ObjectKey {
         policy_key(self)
     }
-    /// Keeps the spec (as text) and the identity; drops annotations
-    /// (kubectl's last-applied copy can be larger than the policy) and
-    /// managed fields.
+    /// Keeps the identity and the spec (as text): see [`PolicyObject`].
     fn trim(&self, _: &mut Interner) -> PolicyObject {
-        let m = &self.metadata;
-        PolicyObject::with_metadata(
-            self,
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: m.name.clone(),
-                namespace: m.namespace.clone(),
-                uid: m.uid.clone(),
-                generation: m.generation,
-                resource_version: m.resource_version.clone(),
-                ..Default::default()
-            },
-        )
+        PolicyObject::new(self)
     }
     fn resource_version(&self) -> Option<u64> {
         rv(&self.metadata)
