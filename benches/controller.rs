@@ -9,6 +9,7 @@
 //! NFTPOL_BENCH_REPS=20 NFTPOL_BENCH_POLL_MS=5 cargo bench --bench controller   # changes per kind, /status poll period
 //! NFTPOL_BENCH_KEEP_LOGS=1 cargo bench --bench controller # keep the controller's (JSON, debug) logs
 //! NFTPOL_BENCH_BIN=/path/to/nftpol cargo bench --bench controller   # measure another build
+//! NFTPOL_BENCH_HOLD_SECS=30 cargo bench --bench controller  # 100k: pause after the first sync and after the syncs (attach gdb, heaptrack)
 //! NFTPOL_BENCH_PROFILE=mem[:10k] cargo bench --bench controller    # where the memory goes, in-process
 //! NFTPOL_BENCH_PROFILE=batches:DIR cargo bench --bench controller  # write the nft batches of each change
 //! ```
@@ -51,7 +52,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use nftpol::compiler::{Incremental, PodInfo, Snapshot, compile, policy_key};
+use nftpol::compiler::{Incremental, PodInfo, PolicyObject, Snapshot, compile, policy_key};
 use nftpol::devserver::{Config, DevServer, Handle};
 use nftpol::lab::Netns;
 use nftpol::nft::render::Renderer;
@@ -289,6 +290,13 @@ fn main() {
         }
         let mut status = driver.status;
         let after = ctl.mem();
+        if let Some(secs) = env_num("NFTPOL_BENCH_HOLD_SECS") {
+            eprintln!(
+                "   holding again {secs} s after the syncs: controller pid {}",
+                ctl.pid()
+            );
+            std::thread::sleep(Duration::from_secs(secs as u64));
+        }
         let status_now = ctl.status(&mut status).expect("status");
         report.big = Some(Big {
             list_time,
@@ -574,8 +582,8 @@ fn build_scenarios(snap: &Snapshot, spec: &SynthSpec) -> Vec<Scenario> {
     );
     out.push(Scenario {
         name: "(b) node-1 pod relabelled",
-        write: Write_::merge_labels("pods", path.clone(), &new.labels),
-        undo: Write_::merge_labels("pods", path, &old.labels),
+        write: Write_::merge_labels("pods", path.clone(), &new.labels.to_map()),
+        undo: Write_::merge_labels("pods", path, &old.labels.to_map()),
         before: snap.clone(),
         after: relabeled.clone(),
     });
@@ -828,7 +836,7 @@ fn delta(a: &Snapshot, b: &Snapshot) -> Delta {
     let pols = |s: &Snapshot| {
         s.policies
             .iter()
-            .map(|p| (policy_key(p), p.clone()))
+            .map(|p| (policy_key(p), Arc::new(PolicyObject::new(p))))
             .collect()
     };
     Delta {
@@ -1552,7 +1560,7 @@ fn profile(what: &str) {
     drop(pols);
     let h3 = heap();
     row(
-        "policies store (NetworkPolicy, trimmed), kept",
+        "policies store (PolicyObject: spec as JSON text), kept",
         h3.live - h2.live,
         h3.chunks - h2.chunks,
         h3.allocs - h2.allocs,

@@ -439,7 +439,7 @@ fn pick_pair(snap: &Snapshot, spec: &SynthSpec) -> Pair {
         .map(|k| local(k))
         .find(|p| p.key.namespace != server.key.namespace)
         .expect("an egress-isolated local pod in another namespace");
-    let app = |p: &PodInfo| p.labels.get("app").cloned().unwrap_or_default();
+    let app = |p: &PodInfo| p.labels.get("app").unwrap_or_default().to_string();
     Pair {
         client: client.key.clone(),
         client_ip: v4(&client),
@@ -519,8 +519,8 @@ fn add_policies(snap: &Snapshot, pair: &Pair, per_pod: usize) -> Snapshot {
             .filter(|p| p.key.namespace == ns)
             .filter_map(|p| p.labels.get("app"))
             .find(|a| *a != not)
-            .cloned()
-            .unwrap_or_else(|| not.to_string())
+            .unwrap_or(not)
+            .to_string()
     };
     for i in 0..per_pod.saturating_sub(1) {
         let team = TEAMS[i % TEAMS.len()];

@@ -225,7 +225,7 @@ mod tests {
         .unwrap();
         assert_eq!(snap.namespaces["y"].labels["team"], "no");
         assert_eq!(snap.pods[0].key.namespace, "y");
-        assert_eq!(snap.pods[0].labels["on"], "off");
+        assert_eq!(snap.pods[0].labels.get("on"), Some("off"));
     }
 
     #[test]

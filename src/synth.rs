@@ -363,7 +363,7 @@ pub fn synth_cluster(spec: &SynthSpec) -> Snapshot {
                 }
                 .into(),
             ),
-            ips,
+            ips: ips.into(),
             host_network: false,
             phase: Some("Running".into()),
             named_ports: app.ports.clone().into(),
@@ -666,7 +666,7 @@ fn replica_of(snap: &Snapshot, template: &PodInfo) -> Snapshot {
         .map_or(template.key.name.as_str(), |(head, _)| head);
     let mut pod = template.clone();
     pod.key.name = fresh_name(snap, &template.key.namespace, base);
-    pod.ips = fresh_ips(snap, template);
+    pod.ips = fresh_ips(snap, template).into();
     let mut out = snap.clone();
     out.add_pod(pod);
     out
@@ -745,12 +745,10 @@ pub fn with_pod_relabeled(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
                 apps.insert(a, t);
             }
         }
-        let current = pod.labels.get("app").map(String::as_str);
+        let current = pod.labels.get("app");
         if let Some((app, tier)) = apps.iter().find(|(a, _)| Some(**a) != current) {
             let mut new = pod.clone();
-            let labels = Arc::make_mut(&mut new.labels);
-            labels.insert("app".into(), app.to_string());
-            labels.insert("tier".into(), tier.to_string());
+            new.labels = new.labels.with("app", app).with("tier", tier);
             return replace_pod(snap, &pod.key, new);
         }
     }
@@ -763,15 +761,14 @@ pub fn with_policy_added(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
     let pods = isolated_local_pods(snap, spec);
     let pod = pods.first().expect("some local pod is isolated by policy");
     let ns = &pod.key.namespace;
-    let app = pod.labels.get("app").cloned().unwrap_or_default();
+    let app = pod.labels.get("app").unwrap_or_default().to_string();
     let other = snap
         .pods
         .iter()
         .filter(|p| &p.key.namespace == ns)
         .filter_map(|p| p.labels.get("app"))
-        .find(|a| **a != app)
-        .cloned()
-        .unwrap_or_else(|| app.clone());
+        .find(|a| *a != app)
+        .map_or_else(|| app.clone(), str::to_string);
     let used: BTreeSet<&str> = snap
         .policies
         .iter()
@@ -852,12 +849,10 @@ pub fn with_pod_relabeled_for_node(snap: &Snapshot, spec: &SynthSpec) -> Snapsho
                 apps.insert(a, t);
             }
         }
-        let current = pod.labels.get("app").map(String::as_str);
+        let current = pod.labels.get("app");
         for (app, tier) in apps.iter().filter(|(a, _)| Some(**a) != current) {
             let mut new = pod.clone();
-            let labels = Arc::make_mut(&mut new.labels);
-            labels.insert("app".into(), app.to_string());
-            labels.insert("tier".into(), tier.to_string());
+            new.labels = new.labels.with("app", app).with("tier", tier);
             let out = replace_pod(snap, &pod.key, new);
             if compile(&out, &spec.node).plan != base {
                 return out;
@@ -975,11 +970,8 @@ pub fn namespace_object(ns: &NamespaceInfo) -> Value {
 /// lists and watch events are about the size of a real pod's (without
 /// managed fields).
 pub fn pod_object(pod: &PodInfo) -> Value {
-    let app = pod.labels.get("app").map_or("main", String::as_str);
-    let hash = pod
-        .labels
-        .get("pod-template-hash")
-        .map_or("0", String::as_str);
+    let app = pod.labels.get("app").unwrap_or("main");
+    let hash = pod.labels.get("pod-template-hash").unwrap_or("0");
     let ports: Vec<Value> = pod
         .named_ports
         .iter()
@@ -1042,7 +1034,7 @@ pub fn pod_object(pod: &PodInfo) -> Value {
         "metadata": {
             "name": pod.key.name,
             "namespace": pod.key.namespace,
-            "labels": &*pod.labels,
+            "labels": &pod.labels,
             "ownerReferences": [{
                 "apiVersion": "apps/v1",
                 "kind": "ReplicaSet",
@@ -1117,7 +1109,11 @@ mod tests {
     #[test]
     fn addresses_and_names_are_unique() {
         let snap = synth_cluster(&SynthSpec::new(10_000, 1000, 500));
-        let ips: BTreeSet<IpAddr> = snap.pods.iter().flat_map(|p| p.ips.clone()).collect();
+        let ips: BTreeSet<IpAddr> = snap
+            .pods
+            .iter()
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
         let n_ips: usize = snap.pods.iter().map(|p| p.ips.len()).sum();
         assert_eq!(ips.len(), n_ips);
         let keys: BTreeSet<&ObjectKey> = snap.pods.iter().map(|p| &p.key).collect();

@@ -41,7 +41,9 @@ use super::policy::{
     Diagnostic, Direction, LabelSel, NamespaceScope, Peer, Policy, PortSpec, Rule, Severity,
     parse_policy,
 };
-use super::snapshot::{Labels, NamespaceInfo, ObjectKey, PodInfo, Protocol, Snapshot};
+use super::snapshot::{
+    Labels, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Protocol, Snapshot,
+};
 use super::{Compiled, describe_pods, merge_ports, pods_peer_key, ranges, set_id};
 
 /// The identity under which a NetworkPolicy is compiled and reported
@@ -150,20 +152,13 @@ impl Borrow<str> for ByName {
 }
 
 struct PolicyEntry {
-    source: Arc<NetworkPolicy>,
+    source: Arc<PolicyObject>,
     /// The validated policy while its namespace has a pod on the node (the
     /// only time compilation reads it); `None` otherwise, and when it
     /// cannot be enforced at all.
     policy: Option<Policy>,
     /// Kept for every policy.
     diagnostics: Vec<Diagnostic>,
-}
-
-/// Whether two policies validate alike: validation reads only these.
-fn same_spec(a: &NetworkPolicy, b: &NetworkPolicy) -> bool {
-    a.metadata.namespace == b.metadata.namespace
-        && a.metadata.name == b.metadata.name
-        && a.spec == b.spec
 }
 
 /// A cached set, kept up to date change by change.
@@ -463,22 +458,29 @@ impl Incremental {
     /// A NetworkPolicy was added or changed. It is validated again only when
     /// its spec changed.
     pub fn upsert_policy(&mut self, np: Arc<NetworkPolicy>) {
-        let key = policy_key(&np);
+        self.upsert_policy_object(Arc::new(PolicyObject::new(&np)));
+    }
+
+    /// [`upsert_policy`](Self::upsert_policy) for a policy as the
+    /// controller's store keeps it (the compiler shares it).
+    pub fn upsert_policy_object(&mut self, obj: Arc<PolicyObject>) {
+        let key = obj.key();
         if let Some(e) = self.world.policies.get_mut(&key)
-            && (Arc::ptr_eq(&e.source, &np) || same_spec(&e.source, &np))
+            && (Arc::ptr_eq(&e.source, &obj) || e.source.same_spec(&obj))
         {
-            e.source = np;
+            e.source = obj;
             return;
         }
+        let np = obj.to_policy();
         let mut diagnostics = Vec::new();
         let policy = parse_policy(&np, &mut diagnostics);
-        self.insert_policy(key, np, policy, diagnostics);
+        self.insert_policy(key, obj, policy, diagnostics);
     }
 
     fn insert_policy(
         &mut self,
         key: ObjectKey,
-        source: Arc<NetworkPolicy>,
+        source: Arc<PolicyObject>,
         policy: Option<Policy>,
         diagnostics: Vec<Diagnostic>,
     ) {
@@ -561,7 +563,8 @@ pub(super) fn load(snap: &Snapshot, node: &str) -> (Incremental, Vec<Diagnostic>
             });
             continue;
         }
-        inc.insert_policy(policy.key.clone(), np.clone(), Some(policy), diags);
+        let source = Arc::new(PolicyObject::new(np));
+        inc.insert_policy(policy.key.clone(), source, Some(policy), diags);
     }
     (inc, diagnostics)
 }
@@ -576,7 +579,7 @@ impl World {
             .take_while(|(k, _)| k.namespace == ns);
         for (_, e) in policies {
             e.policy = if keep {
-                parse_policy(&e.source, &mut Vec::new())
+                parse_policy(&e.source.to_policy(), &mut Vec::new())
             } else {
                 None
             };
@@ -930,9 +933,9 @@ mod tests {
     fn pod(name: &str, node: &str, ip: &str) -> Arc<PodInfo> {
         Arc::new(PodInfo {
             key: ObjectKey::new("x", name),
-            labels: Arc::new([("app".to_string(), "web".to_string())].into()),
+            labels: crate::compiler::Labels::from([("app".to_string(), "web".to_string())]).into(),
             node: Some(node.into()),
-            ips: vec![ip.parse().expect("an address")],
+            ips: vec![ip.parse().expect("an address")].into(),
             host_network: false,
             phase: Some("Running".into()),
             named_ports: Vec::new().into(),

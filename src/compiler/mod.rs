@@ -27,7 +27,9 @@ pub use plan::{
     PortSet, SetId,
 };
 pub use policy::{Diagnostic, Direction, Peer, Policy, PortSpec, Severity, parse_policy};
-pub use snapshot::{Labels, NamedPort, NamespaceInfo, ObjectKey, PodInfo, Protocol, Snapshot};
+pub use snapshot::{
+    Labels, NamedPort, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Protocol, Snapshot,
+};
 pub use trace::Decision;
 
 pub use incremental::{Incremental, policy_key};

@@ -15,10 +15,10 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::core::{Selector, SelectorExt};
+use kube::core::{Expression, Selector};
 use regex::Regex;
 
-use super::snapshot::{Labels, ObjectKey, Protocol};
+use super::snapshot::{LabelLookup, ObjectKey, Protocol};
 
 /// Traffic direction, seen from the selected pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,24 +80,35 @@ impl fmt::Display for Diagnostic {
 /// between identical selectors).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelSel {
-    selector: Selector,
+    /// kube's parsed selector, as a list: its own `matches` reads only a
+    /// `BTreeMap<String, String>`, and pods keep their labels in a more
+    /// compact form ([`PodLabels`](super::snapshot::PodLabels)).
+    exprs: Vec<Expression>,
     canonical: String,
 }
 
 impl LabelSel {
     pub fn everything() -> Self {
         Self {
-            selector: Selector::default(),
+            exprs: Vec::new(),
             canonical: String::new(),
         }
     }
 
-    pub fn matches(&self, labels: &Labels) -> bool {
-        self.selector.matches(labels)
+    /// Whether labels match, as kube's `Selector::matches` decides it.
+    pub fn matches(&self, labels: &impl LabelLookup) -> bool {
+        self.exprs.iter().all(|e| match e {
+            Expression::In(key, values) => labels.label(key).is_some_and(|v| values.contains(v)),
+            Expression::NotIn(key, values) => labels.label(key).is_none_or(|v| !values.contains(v)),
+            Expression::Exists(key) => labels.label(key).is_some(),
+            Expression::DoesNotExist(key) => labels.label(key).is_none(),
+            Expression::Equal(key, value) => labels.label(key) == Some(value.as_str()),
+            Expression::NotEqual(key, value) => labels.label(key) != Some(value.as_str()),
+        })
     }
 
     pub fn selects_all(&self) -> bool {
-        self.selector.selects_all()
+        self.exprs.is_empty()
     }
 
     /// Canonical text, e.g. `app=web,tier in (a,b)`; empty for "everything".
@@ -612,7 +623,7 @@ fn parse_selector(sel: Option<&LabelSelector>) -> Result<LabelSel, FieldError> {
         .map_err(|e| field_err("", format!("invalid selector: {}", e.0)))?;
     Ok(LabelSel {
         canonical: selector.to_string(),
-        selector,
+        exprs: selector.into_iter().collect(),
     })
 }
 

@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(meta.resource_version.as_deref(), Some("42"));
         assert_eq!(meta.continue_.as_deref(), Some("next"));
         let a = &items[&ObjectKey::new("x", "a")];
-        assert_eq!(a.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(a.labels.get("app"), Some("web"));
         assert_eq!(
             a.resolve_port("http", crate::compiler::Protocol::Tcp),
             Some(80)

@@ -26,6 +26,7 @@ pub mod list;
 pub mod metrics;
 mod reconcile;
 pub mod store;
+mod trim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,7 +43,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, Snapshot};
+use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
 use crate::nft::Nft;
 use store::{Changes, MapKey, PodKey, Store, Trim, parse_rv};
 
@@ -72,7 +73,7 @@ pub const POLICIES: &str = "networkpolicies";
 pub struct Stores {
     pub pods: Store<ObjectKey, PodInfo, PodKey>,
     pub namespaces: Store<String, NamespaceInfo>,
-    pub policies: Store<ObjectKey, NetworkPolicy>,
+    pub policies: Store<ObjectKey, PolicyObject>,
 }
 
 impl Stores {
@@ -114,7 +115,12 @@ impl Stores {
                 .map(|n| (n.name.clone(), (*n).clone()))
                 .collect::<BTreeMap<_, _>>(),
             pods: self.pods.values(),
-            policies: self.policies.values(),
+            policies: self
+                .policies
+                .values()
+                .iter()
+                .map(|p| Arc::new(p.to_policy()))
+                .collect(),
         }
     }
 }
@@ -123,7 +129,7 @@ impl Stores {
 pub struct Delta {
     pub pods: Changes<ObjectKey, PodInfo>,
     pub namespaces: Changes<String, NamespaceInfo>,
-    pub policies: Changes<ObjectKey, NetworkPolicy>,
+    pub policies: Changes<ObjectKey, PolicyObject>,
 }
 
 impl Delta {
@@ -168,11 +174,11 @@ impl Delta {
             }
         }
         match self.policies {
-            Changes::All(all) => all.into_iter().for_each(|p| c.upsert_policy(p)),
+            Changes::All(all) => all.into_iter().for_each(|p| c.upsert_policy_object(p)),
             Changes::Some(changed) => {
                 for (key, np) in changed {
                     match np {
-                        Some(np) => c.upsert_policy(np),
+                        Some(np) => c.upsert_policy_object(np),
                         None => c.remove_policy(&key),
                     }
                 }

@@ -16,6 +16,7 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use super::metrics::{SyncKind, SyncLabels};
+use super::trim;
 use super::{RunConfig, Shared};
 use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
 use crate::nft::{self, Syncer};
@@ -240,6 +241,17 @@ pub async fn run(
                 retry_at = Some(Instant::now() + delay);
             }
         }
+        // What this sync freed (the previous ruleset, the batch, the plan),
+        // back to the system; after the status is out, so that the change
+        // just applied does not wait for it.
+        drop(compiled);
+        let took = tokio::task::spawn_blocking(trim::release_free_memory)
+            .await
+            .expect("malloc_trim does not panic");
+        tracing::debug!(
+            elapsed_ms = took.as_secs_f64() * 1e3,
+            "gave freed memory back"
+        );
     }
 }
 
@@ -259,12 +271,8 @@ fn report_invalid(
             continue;
         };
         let id = (
-            policy
-                .metadata
-                .uid
-                .clone()
-                .unwrap_or_else(|| key.to_string()),
-            policy.metadata.generation.unwrap_or(0),
+            policy.uid().map_or_else(|| key.to_string(), str::to_string),
+            policy.generation().unwrap_or(0),
         );
         if !reported.insert(id) {
             continue;
@@ -300,7 +308,7 @@ fn report_invalid(
             action: "Compile".into(),
             secondary: None,
         };
-        let reference = policy.object_ref(&());
+        let reference = policy.to_policy().object_ref(&());
         let recorder = recorder.clone();
         let key = key.clone();
         tokio::spawn(async move {

@@ -251,7 +251,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::compiler::snapshot::Interner;
-use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, policy_key};
+use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, PolicyObject, policy_key};
 
 impl Trim<ObjectKey, PodInfo> for Pod {
     /// As [`PodInfo::from_pod`] makes it.
@@ -284,26 +284,14 @@ impl Trim<String, NamespaceInfo> for Namespace {
     }
 }
 
-impl Trim<ObjectKey, NetworkPolicy> for NetworkPolicy {
+impl Trim<ObjectKey, PolicyObject> for NetworkPolicy {
     /// The key the compiler knows it by.
     fn key(&self) -> ObjectKey {
         policy_key(self)
     }
-    /// Keeps the spec and the identity; drops annotations (kubectl's
-    /// last-applied copy can be larger than the policy) and managed fields.
-    fn trim(&self, _: &mut Interner) -> NetworkPolicy {
-        let m = &self.metadata;
-        NetworkPolicy {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: m.name.clone(),
-                namespace: m.namespace.clone(),
-                uid: m.uid.clone(),
-                generation: m.generation,
-                resource_version: m.resource_version.clone(),
-                ..Default::default()
-            },
-            spec: self.spec.clone(),
-        }
+    /// Keeps the identity and the spec (as text): see [`PolicyObject`].
+    fn trim(&self, _: &mut Interner) -> PolicyObject {
+        PolicyObject::new(self)
     }
     fn resource_version(&self) -> Option<u64> {
         rv(&self.metadata)

@@ -148,7 +148,7 @@ impl fmt::Debug for Cluster {
                 pod.key,
                 pod.node.as_deref().unwrap_or("-"),
                 ips.join(", "),
-                show_labels(&pod.labels),
+                show_labels(&pod.labels.to_map()),
             )?;
             if !ports.is_empty() {
                 write!(f, " ports[{}]", ports.join(", "))?;
@@ -543,7 +543,7 @@ pub fn pod_info(ns: &str, name: &str, host: u8, p: PodGen) -> PodInfo {
         key: ObjectKey::new(ns, name),
         labels: p.labels.into(),
         node: Some(NODES[p.node as usize].into()),
-        ips,
+        ips: ips.into(),
         host_network,
         phase: Some(phase.into()),
         named_ports: named_ports.into(),

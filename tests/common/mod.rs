@@ -41,7 +41,7 @@ pub fn mk_pod(ns: &str, name: &str, node: &str, ip: &str, pairs: &[(&str, &str)]
         key: ObjectKey::new(ns, name),
         labels: labels(pairs).into(),
         node: Some(node.into()),
-        ips: vec![parse_ip(ip)],
+        ips: vec![parse_ip(ip)].into(),
         host_network: false,
         phase: Some("Running".into()),
         named_ports: Vec::new().into(),

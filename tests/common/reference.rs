@@ -235,7 +235,7 @@ fn selects(spec: &NetworkPolicySpec, pod: &PodInfo) -> bool {
     pod.is_active()
         && match &spec.pod_selector {
             None => true,
-            Some(sel) => selector_matches(sel, &pod.labels),
+            Some(sel) => selector_matches(sel, &pod.labels.to_map()),
         }
 }
 
@@ -285,10 +285,12 @@ fn peer_matches(
     match (&peer.pod_selector, &peer.namespace_selector) {
         // Invalid (an empty peer): matches nothing.
         (None, None) => false,
-        (Some(pods), None) => pod.key.namespace == policy_ns && selector_matches(pods, &pod.labels),
+        (Some(pods), None) => {
+            pod.key.namespace == policy_ns && selector_matches(pods, &pod.labels.to_map())
+        }
         (None, Some(nss)) => selector_matches(nss, &ns_labels()),
         (Some(pods), Some(nss)) => {
-            selector_matches(nss, &ns_labels()) && selector_matches(pods, &pod.labels)
+            selector_matches(nss, &ns_labels()) && selector_matches(pods, &pod.labels.to_map())
         }
     }
 }
