@@ -11,8 +11,7 @@
 //!
 //! Data flows one way: `compiler` knows nothing of nftables, `nft` knows
 //! nothing of Kubernetes objects, only of the [`compiler::Plan`].
-// One exception, reviewed: `watch::trim` calls glibc's malloc_trim.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod compiler;

@@ -26,7 +26,6 @@ pub mod list;
 pub mod metrics;
 mod reconcile;
 pub mod store;
-mod trim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

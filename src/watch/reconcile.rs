@@ -16,7 +16,6 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use super::metrics::{SyncKind, SyncLabels};
-use super::trim;
 use super::{RunConfig, Shared};
 use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
 use crate::nft::{self, Syncer};
@@ -241,17 +240,6 @@ pub async fn run(
                 retry_at = Some(Instant::now() + delay);
             }
         }
-        // What this sync freed (the previous ruleset, the batch, the plan),
-        // back to the system; after the status is out, so that the change
-        // just applied does not wait for it.
-        drop(compiled);
-        let took = tokio::task::spawn_blocking(trim::release_free_memory)
-            .await
-            .expect("malloc_trim does not panic");
-        tracing::debug!(
-            elapsed_ms = took.as_secs_f64() * 1e3,
-            "gave freed memory back"
-        );
     }
 }
 
