@@ -205,3 +205,15 @@ fn the_apply_guard_refuses_a_batch_for_another_table() {
     let err = nft.apply_json("nftpol", &doc).unwrap_err();
     assert!(err.to_string().contains("filter"), "{err}");
 }
+
+#[test]
+fn the_streamed_batch_is_the_same_document() {
+    let rs = ruleset(pods(), vec![allow_from_app("c"), allow_from_app("b")]);
+    let ops = full(&rs);
+    let streamed: serde_json::Value =
+        serde_json::from_slice(&nftpol::nft::json::batch_bytes("nftpol", &ops)).unwrap();
+    assert_eq!(streamed, batch("nftpol", &ops));
+    let empty: serde_json::Value =
+        serde_json::from_slice(&nftpol::nft::json::batch_bytes("nftpol", &[])).unwrap();
+    assert_eq!(empty, batch("nftpol", &[]));
+}

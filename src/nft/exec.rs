@@ -86,4 +86,13 @@ impl Nft {
         let body = serde_json::to_vec(doc).expect("JSON values serialize");
         self.run(&["-j", "-f", "-"], Some(&body)).map(|_| ())
     }
+
+    /// Runs `ops` as one transaction on `table` (the batch streamed to
+    /// bytes, see [`json::batch_bytes`](super::json::batch_bytes)). Every
+    /// op names `table` by construction; the guard of [`apply_json`](Self::apply_json)
+    /// is kept for documents from elsewhere.
+    pub fn apply_ops(&self, table: &str, ops: &[super::ops::Op]) -> Result<(), NftError> {
+        let body = super::json::batch_bytes(table, ops);
+        self.run(&["-j", "-f", "-"], Some(&body)).map(|_| ())
+    }
 }

@@ -73,13 +73,12 @@ impl Syncer {
             Some(change) => (change.ops, false, change.applied),
             None => (ops::full(&want), true, want),
         };
-        if !ops.is_empty() {
-            let doc = json::batch(&self.table, &ops);
-            if let Err(e) = self.nft.apply_json(&self.table, &doc) {
-                // Unknown kernel state: start over with a full replacement.
-                self.applied = None;
-                return Err(e);
-            }
+        if !ops.is_empty()
+            && let Err(e) = self.nft.apply_ops(&self.table, &ops)
+        {
+            // Unknown kernel state: start over with a full replacement.
+            self.applied = None;
+            return Err(e);
         }
         self.applied = Some(after);
         Ok(SyncReport {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::compiler::{IpRange, Protocol};
 
@@ -44,7 +45,9 @@ pub struct NftSet {
     pub key: KeyType,
     pub interval: bool,
     pub comment: String,
-    pub elements: BTreeSet<Elem>,
+    /// Shared: the renderer's cache, the wanted ruleset and the record of
+    /// what was applied hold one copy of an unchanged set between them.
+    pub elements: Arc<BTreeSet<Elem>>,
     /// Sets with the same region name hold one region between them (a pod's
     /// allow-list in one direction and family), each the elements of its
     /// [`Part`]; the diff updates them together (see `nft::region`).

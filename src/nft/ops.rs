@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::model::{Elem, Hook, KeyType, NftRule, NftSet, Part, Ruleset};
 use super::region;
@@ -311,7 +312,7 @@ fn update_region(
     }
     for name in names {
         let key = new.sets[*name].key;
-        let mut now = old.sets[*name].elements.clone();
+        let mut now = (*old.sets[*name].elements).clone();
         if let Some(elems) = gone.remove(name) {
             for e in &elems {
                 now.remove(e);
@@ -334,7 +335,7 @@ fn update_region(
             .sets
             .get_mut(*name)
             .expect("applied is a copy of new")
-            .elements = now;
+            .elements = Arc::new(now);
     }
     Some(())
 }

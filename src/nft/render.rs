@@ -96,7 +96,7 @@ pub fn render(plan: &Plan, table: &str) -> Ruleset {
     Renderer::default().render(plan, table)
 }
 
-type Parts = BTreeMap<Part, BTreeSet<Elem>>;
+type Parts = BTreeMap<Part, Arc<BTreeSet<Elem>>>;
 
 /// Renders plan after plan, as the controller does: a pod's allow-list is
 /// merged again only when something it is built from changed (its
@@ -459,12 +459,7 @@ fn spans_hold(spans: &[Span], ip: IpAddr) -> bool {
 /// all the lines of all its policies: the canonical region (`nft::region`:
 /// neighbouring pods merge into ranges) split into its four parts by the
 /// shape of each element.
-fn allow_list(
-    plan: &Plan,
-    peers: &PeerSets,
-    pod: &PodChain,
-    v6: bool,
-) -> BTreeMap<Part, BTreeSet<Elem>> {
+fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, v6: bool) -> Parts {
     let mut b = Builder::new(v6);
     for policy in &pod.policies {
         let id = PolicyId {
@@ -522,6 +517,9 @@ fn allow_list(
             .insert(e);
     }
     parts
+        .into_iter()
+        .map(|(part, elems)| (part, Arc::new(elems)))
+        .collect()
 }
 
 fn rule(conds: Vec<Cond>, action: Action) -> NftRule {
