@@ -652,7 +652,7 @@ fn namespace_change(snap: &Snapshot) -> (Snapshot, String) {
         .filter_map(|ns| ns.labels.get("team"))
         .collect();
     let with_pods: std::collections::BTreeSet<&str> =
-        snap.pods.iter().map(|p| p.key.namespace.as_str()).collect();
+        snap.pods.iter().map(|p| &*p.key.namespace).collect();
     let mut tried = 0;
     for ns in snap.namespaces.values() {
         if !with_pods.contains(ns.name.as_str()) || tried > 40 {

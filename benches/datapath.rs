@@ -509,14 +509,14 @@ const TEAMS: [&str; 6] = [
 /// client → server, named so that they come last in policy order.
 fn add_policies(snap: &Snapshot, pair: &Pair, per_pod: usize) -> Snapshot {
     let mut out = snap.clone();
-    let sns = &pair.server.namespace;
-    let cns = &pair.client.namespace;
+    let sns: &str = &pair.server.namespace;
+    let cns: &str = &pair.client.namespace;
     let server_sel = json!({ "matchLabels": { "app": pair.server_app } });
     let client_sel = json!({ "matchLabels": { "app": pair.client_app } });
     let other_app = |ns: &str, not: &str| {
         snap.pods
             .iter()
-            .filter(|p| p.key.namespace == ns)
+            .filter(|p| *p.key.namespace == *ns)
             .filter_map(|p| p.labels.get("app"))
             .find(|a| *a != not)
             .unwrap_or(not)

@@ -224,7 +224,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(snap.namespaces["y"].labels["team"], "no");
-        assert_eq!(snap.pods[0].key.namespace, "y");
+        assert_eq!(&*snap.pods[0].key.namespace, "y");
         assert_eq!(snap.pods[0].labels.get("on"), Some("off"));
     }
 

@@ -625,7 +625,7 @@ fn fresh_name(snap: &Snapshot, ns: &str, base: &str) -> String {
     let used: BTreeSet<&str> = snap
         .pods
         .iter()
-        .filter(|p| p.key.namespace == ns)
+        .filter(|p| *p.key.namespace == *ns)
         .map(|p| p.key.name.as_str())
         .collect();
     (0..)
@@ -772,7 +772,7 @@ pub fn with_policy_added(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
     let used: BTreeSet<&str> = snap
         .policies
         .iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .filter(|p| p.metadata.namespace.as_deref() == Some(&*ns))
         .filter_map(|p| p.metadata.name.as_deref())
         .collect();
     let name = (0..)
@@ -806,7 +806,7 @@ pub fn with_namespace_relabeled(snap: &Snapshot, _spec: &SynthSpec) -> Snapshot 
         let v = serde_json::to_value(p.as_ref()).expect("policies serialize");
         collect_team_selectors(&v, &mut named_teams);
     }
-    let with_pods: BTreeSet<&str> = snap.pods.iter().map(|p| p.key.namespace.as_str()).collect();
+    let with_pods: BTreeSet<&str> = snap.pods.iter().map(|p| &*p.key.namespace).collect();
     let ns = snap
         .namespaces
         .values()
@@ -884,7 +884,7 @@ pub fn with_namespace_relabeled_for_node(snap: &Snapshot, spec: &SynthSpec) -> (
             collect_team_selectors(&v, &mut named);
         }
     }
-    let with_pods: BTreeSet<&str> = snap.pods.iter().map(|p| p.key.namespace.as_str()).collect();
+    let with_pods: BTreeSet<&str> = snap.pods.iter().map(|p| &*p.key.namespace).collect();
     let tenants = snap
         .namespaces
         .values()
@@ -1033,7 +1033,7 @@ pub fn pod_object(pod: &PodInfo) -> Value {
         "kind": "Pod",
         "metadata": {
             "name": pod.key.name,
-            "namespace": pod.key.namespace,
+            "namespace": &*pod.key.namespace,
             "labels": &pod.labels,
             "ownerReferences": [{
                 "apiVersion": "apps/v1",

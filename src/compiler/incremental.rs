@@ -294,7 +294,7 @@ impl Dep {
             Dep::AllPods => true,
             Dep::Pods(scope, sel) => {
                 let in_scope = match scope {
-                    NamespaceScope::Own(ns) => *ns == pod.key.namespace,
+                    NamespaceScope::Own(ns) => **ns == *pod.key.namespace,
                     NamespaceScope::Selected(nssel) => nssel.matches(ns_labels),
                 };
                 in_scope && sel.matches(&pod.labels)
@@ -328,7 +328,7 @@ impl Incremental {
         let ns = self
             .world
             .namespaces
-            .entry(pod.key.namespace.clone())
+            .entry(pod.key.namespace.to_string())
             .or_insert_with(|| Ns::implicit(&pod.key.namespace));
         let old = ns.pods.replace(ByName(pod.clone())).map(|b| b.0);
         if old
@@ -342,7 +342,7 @@ impl Incremental {
 
     /// A pod was deleted.
     pub fn remove_pod(&mut self, key: &ObjectKey) {
-        let Some(ns) = self.world.namespaces.get_mut(&key.namespace) else {
+        let Some(ns) = self.world.namespaces.get_mut(&*key.namespace) else {
             return;
         };
         let Some(old) = ns.pods.take(key.name.as_str()) else {
@@ -359,7 +359,7 @@ impl Incremental {
         let ns = self
             .world
             .namespaces
-            .get_mut(&key.namespace)
+            .get_mut(&*key.namespace)
             .expect("the pod's namespace is known");
         let node = Some(self.node.as_str());
         let is_local = |p: &PodInfo| p.is_active() && p.node.as_deref() == node;
@@ -487,7 +487,7 @@ impl Incremental {
         let keep = self
             .world
             .namespaces
-            .get(&key.namespace)
+            .get(&*key.namespace)
             .is_some_and(|ns| ns.local > 0);
         let entry = PolicyEntry {
             source,
@@ -576,7 +576,7 @@ impl World {
         let policies = self
             .policies
             .range_mut(ObjectKey::new(ns, "")..)
-            .take_while(|(k, _)| k.namespace == ns);
+            .take_while(|(k, _)| *k.namespace == *ns);
         for (_, e) in policies {
             e.policy = if keep {
                 parse_policy(&e.source.to_policy(), &mut Vec::new())
@@ -645,11 +645,11 @@ impl Pass<'_> {
             let mut selected: BTreeMap<&ObjectKey, (&Policy, Vec<&PodInfo>)> = BTreeMap::new();
             let mut seen_ips: BTreeMap<IpAddr, &ObjectKey> = BTreeMap::new();
             for pod in world.local.values() {
-                let ns = pod.key.namespace.as_str();
+                let ns: &str = &pod.key.namespace;
                 let isolating: Vec<&Policy> = world
                     .policies
                     .range(ObjectKey::new(ns, "")..)
-                    .take_while(|(k, _)| k.namespace == ns)
+                    .take_while(|(k, _)| *k.namespace == *ns)
                     .filter_map(|(_, e)| e.policy.as_ref())
                     .filter(|p| p.rules(direction).is_some() && p.pod_selector.matches(&pod.labels))
                     .collect();

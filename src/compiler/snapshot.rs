@@ -175,15 +175,16 @@ pub struct NamedPort {
     pub port: u16,
 }
 
-/// `namespace/name`, the identity of a namespaced object.
+/// `namespace/name`, the identity of a namespaced object. The namespace is
+/// shared: pods trimmed through an [`Interner`] hold one copy per namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
+    pub namespace: Arc<str>,
     pub name: String,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
             name: name.into(),
@@ -270,7 +271,7 @@ impl PodInfo {
         }
         Self {
             key: ObjectKey::new(
-                meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                interner.str(meta.namespace.as_deref().unwrap_or("default")),
                 meta.name.clone().unwrap_or_default(),
             ),
             labels: interner.labels(meta.labels.as_ref().unwrap_or(&Labels::new())),

@@ -172,7 +172,7 @@ fn direction_allows(
     let empty = NetworkPolicySpec::default();
     let mut isolated = false;
     for policy in &snap.policies {
-        if policy_namespace(policy) != subject.key.namespace {
+        if policy_namespace(policy) != &*subject.key.namespace {
             continue;
         }
         // An absent spec is an empty one: selects every pod, Ingress only,
@@ -286,7 +286,7 @@ fn peer_matches(
         // Invalid (an empty peer): matches nothing.
         (None, None) => false,
         (Some(pods), None) => {
-            pod.key.namespace == policy_ns && selector_matches(pods, &pod.labels.to_map())
+            *pod.key.namespace == *policy_ns && selector_matches(pods, &pod.labels.to_map())
         }
         (None, Some(nss)) => selector_matches(nss, &ns_labels()),
         (Some(pods), Some(nss)) => {
