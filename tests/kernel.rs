@@ -1003,3 +1003,44 @@ fn interval_allow_lists_follow_peers_and_ports_through_incremental_syncs() {
         }
     }
 }
+
+/// A full sync goes to nft as text (no quoted names there): a pod with the
+/// longest names Kubernetes allows gets shortened names that nft takes, in
+/// the full sync and in the diff after it.
+#[test]
+fn pods_with_the_longest_names_are_enforced_through_full_and_incremental_syncs() {
+    if !lab_ready("pods_with_the_longest_names_are_enforced_through_full_and_incremental_syncs") {
+        return;
+    }
+    let node = Node::new(NodeConfig::new(NODE, 1)).expect("create the node");
+    let mut syncer = Syncer::new(node.nft(), TABLE);
+    let ns = format!("n{}", "s".repeat(62));
+    let name = format!("p{}", "o".repeat(252));
+    let deny = mk_policy(&ns, "deny", json!({ "podSelector": {} }));
+    let mut snap = snapshot(
+        [mk_ns(&ns, &[])],
+        [mk_pod(&ns, &name, NODE, "10.244.1.2", &[("app", "x")])],
+        [deny.clone()],
+    );
+    let first = syncer
+        .sync(nft::render(&compile(&snap, NODE).plan, TABLE))
+        .expect("full sync of long names");
+    assert!(first.full);
+    snap.add_pod(mk_pod(
+        &ns,
+        &format!("{name}2"),
+        NODE,
+        "10.244.1.3",
+        &[("app", "x")],
+    ));
+    let next = syncer
+        .sync(nft::render(&compile(&snap, NODE).plan, TABLE))
+        .expect("incremental sync of long names");
+    assert!(!next.full && next.commands > 0, "{next:?}");
+    let table = our_table(&node).expect("the table exists");
+    assert_eq!(
+        table.matches("counter packets").count(),
+        2,
+        "one drop counter per isolated pod:\n{table}"
+    );
+}

@@ -217,3 +217,43 @@ fn the_streamed_batch_is_the_same_document() {
         serde_json::from_slice(&nftpol::nft::json::batch_bytes("nftpol", &[])).unwrap();
     assert_eq!(empty, batch("nftpol", &[]));
 }
+
+/// The same on a synthetic cluster's full table (ipBlock ranges and
+/// prefixes, port ranges, named ports, dual-stack namespaces) and on the
+/// diffs of changes both ways (elements added and deleted).
+#[test]
+fn the_streamed_batch_is_the_same_document_for_every_kind_of_element() {
+    use nftpol::synth::{
+        SynthSpec, synth_cluster, with_local_pod_added, with_namespace_relabeled_for_node,
+        with_policy_added, with_remote_pod_added,
+    };
+    let spec = SynthSpec::new(1000, 100, 50);
+    let base = synth_cluster(&spec);
+    let rs = |snap: &nftpol::compiler::Snapshot| render(&compile(snap, &spec.node).plan, "nftpol");
+    let before = rs(&base);
+    let same = |ops: &[Op]| {
+        let streamed: serde_json::Value =
+            serde_json::from_slice(&nftpol::nft::json::batch_bytes("nftpol", ops)).unwrap();
+        assert_eq!(streamed, batch("nftpol", ops));
+    };
+    same(&full(&before));
+    let changed = [
+        with_local_pod_added(&base, &spec),
+        with_remote_pod_added(&base, &spec),
+        with_policy_added(&base, &spec),
+        with_namespace_relabeled_for_node(&base, &spec).0,
+    ];
+    let mut elements = 0;
+    for after in changed.iter().map(rs) {
+        let there = diff(&before, &after).unwrap();
+        let back = diff(&there.applied, &before).unwrap();
+        for ops in [&there.ops, &back.ops] {
+            elements += ops
+                .iter()
+                .filter(|o| matches!(o, Op::AddElements { .. } | Op::DeleteElements { .. }))
+                .count();
+            same(ops);
+        }
+    }
+    assert!(elements > 0, "the changes should add and delete elements");
+}

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::compiler::IpRange;
 use crate::compiler::ranges::as_prefix;
 
-use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule};
+use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet};
 use super::ops::Op;
 use super::text::ND_TYPES;
 
@@ -308,10 +308,97 @@ pub fn batch_bytes(table: &str, ops: &[Op]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, &op_json(table, op)).expect("JSON values serialize");
+        write_op(&mut out, table, op);
     }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// One command; set elements (most of a large batch) written directly
+/// rather than through value trees: the command without its elements is
+/// serialized as usual, then `"elem":[...]` goes before its closing braces.
+fn write_op(out: &mut Vec<u8>, table: &str, op: &Op) {
+    let (bare, elems): (Value, Box<dyn Iterator<Item = &Elem> + '_>) = match op {
+        Op::AddSet { name, set } if !set.elements.is_empty() => {
+            let bare = Op::AddSet {
+                name: name.clone(),
+                set: NftSet {
+                    elements: Default::default(),
+                    ..set.clone()
+                },
+            };
+            (op_json(table, &bare), Box::new(set.elements.iter()))
+        }
+        Op::AddElements { elems, .. } | Op::DeleteElements { elems, .. } => {
+            let mut bare = op_json(table, op);
+            for verb in ["add", "delete"] {
+                if let Some(obj) = bare
+                    .get_mut(verb)
+                    .and_then(|v| v.get_mut("element"))
+                    .and_then(Value::as_object_mut)
+                {
+                    obj.remove("elem");
+                }
+            }
+            (bare, Box::new(elems.iter()))
+        }
+        _ => {
+            serde_json::to_writer(&mut *out, &op_json(table, op)).expect("JSON values serialize");
+            return;
+        }
+    };
+    let start = out.len();
+    serde_json::to_writer(&mut *out, &bare).expect("JSON values serialize");
+    // `{"VERB":{"KIND":{...}}}`: reopen the innermost object.
+    debug_assert!(out[start..].ends_with(b"}}}"));
+    out.truncate(out.len() - 3);
+    out.extend_from_slice(b",\"elem\":[");
+    for (i, e) in elems.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_elem(out, e);
+    }
+    out.extend_from_slice(b"]}}}");
+}
+
+fn write_addrs(out: &mut Vec<u8>, r: &IpRange) {
+    use std::io::Write as _;
+    let _ = match as_prefix(r) {
+        Some(p) if p.prefix_len() == p.max_prefix_len() => write!(out, "\"{}\"", r.start),
+        Some(p) => write!(
+            out,
+            "{{\"prefix\":{{\"addr\":\"{}\",\"len\":{}}}}}",
+            p.network(),
+            p.prefix_len()
+        ),
+        None => write!(out, "{{\"range\":[\"{}\",\"{}\"]}}", r.start, r.end),
+    };
+}
+
+fn write_elem(out: &mut Vec<u8>, e: &Elem) {
+    use std::io::Write as _;
+    match e {
+        Elem::Addr(ip) => {
+            let _ = write!(out, "\"{ip}\"");
+        }
+        Elem::Range(a, b) => write_addrs(out, &IpRange { start: *a, end: *b }),
+        Elem::Box {
+            addrs,
+            proto,
+            ports: (lo, hi),
+        } => {
+            out.extend_from_slice(b"{\"concat\":[");
+            write_addrs(out, addrs);
+            let _ = write!(out, ",\"{}\",", proto.keyword());
+            let _ = if lo == hi {
+                write!(out, "{lo}")
+            } else {
+                write!(out, "{{\"range\":[{lo},{hi}]}}")
+            };
+            out.extend_from_slice(b"]}");
+        }
+    }
 }
 
 /// The batch document for `nft -j -f -`.

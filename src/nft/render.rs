@@ -75,6 +75,9 @@ pub fn dispatch_map(d: Direction, v6: bool) -> String {
 }
 
 /// `head` as is when short enough, else its start and a hash of the whole.
+/// Kubernetes names use `[a-z0-9.-]`; with the `/` and `_` added here every
+/// name stays an nft identifier, which a full sync's nft text needs (nft
+/// 1.0.6 takes no quoted names).
 fn bounded(head: String) -> String {
     if head.len() <= MAX_NAME {
         return head;
@@ -84,7 +87,7 @@ fn bounded(head: String) -> String {
     while !head.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}~{hash}", &head[..cut])
+    format!("{}_{hash}", &head[..cut])
 }
 
 pub fn pod_chain_name(d: Direction, pod: &ObjectKey) -> String {
@@ -325,7 +328,7 @@ fn render_with(
                     NftSet {
                         key,
                         interval,
-                        comment: format!("{} allows {what}", pod_what),
+                        comment: short_comment(format!("{pod_what} allows {what}")),
                         elements,
                         region: Some(region.clone()),
                     },
@@ -358,6 +361,20 @@ fn dir_word(d: Direction) -> &'static str {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
     }
+}
+
+/// nft takes at most 128 characters of comment (in text; the kernel keeps
+/// 256 bytes of user data): longer ones end in `...`.
+fn short_comment(s: String) -> String {
+    const MAX: usize = 128;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut cut = MAX - 3;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &s[..cut])
 }
 
 /// `CHAIN.tuples4`, `CHAIN.ranges6`, ...: the sets of one pod chain.
@@ -532,4 +549,32 @@ pub fn dispatch_targets(rs: &Ruleset, d: Direction, ip: IpAddr) -> Option<&Strin
         .get(&dispatch_map(d, ip.is_ipv6()))?
         .elements
         .get(&ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What nft's scanner takes as an unquoted name.
+    fn nft_identifier(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '.')
+            && chars.all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
+    }
+
+    #[test]
+    fn long_names_are_shortened_into_nft_identifiers() {
+        let pod = ObjectKey::new("a".repeat(63), format!("web-{}", "x".repeat(240)));
+        let chain = pod_chain_name(Direction::Ingress, &pod);
+        assert!(chain.len() <= MAX_NAME, "{chain}");
+        assert!(nft_identifier(&chain), "{chain}");
+        for part in Part::ALL {
+            let set = pod_set_name(&chain, part, true);
+            assert!(nft_identifier(&set), "{set}");
+        }
+        let other = ObjectKey::new("a".repeat(63), format!("web-{}y", "x".repeat(239)));
+        assert_ne!(pod_chain_name(Direction::Ingress, &other), chain);
+    }
 }
