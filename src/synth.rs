@@ -733,18 +733,20 @@ pub fn with_remote_pod_added(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
 
 /// The first isolated local pod moved to another app of its namespace
 /// (labels `app` and `tier`): policies and peer sets that select it change.
+/// The `app` labels of a namespace's pods, each with its `tier`.
+fn apps_in_namespace<'a>(snap: &'a Snapshot, ns: &str) -> BTreeMap<&'a str, &'a str> {
+    let mut apps = BTreeMap::new();
+    for p in snap.pods.iter().filter(|p| *p.key.namespace == *ns) {
+        if let (Some(a), Some(t)) = (p.labels.get("app"), p.labels.get("tier")) {
+            apps.insert(a, t);
+        }
+    }
+    apps
+}
+
 pub fn with_pod_relabeled(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
     for pod in isolated_local_pods(snap, spec) {
-        let mut apps: BTreeMap<&str, &str> = BTreeMap::new();
-        for p in snap
-            .pods
-            .iter()
-            .filter(|p| p.key.namespace == pod.key.namespace)
-        {
-            if let (Some(a), Some(t)) = (p.labels.get("app"), p.labels.get("tier")) {
-                apps.insert(a, t);
-            }
-        }
+        let apps = apps_in_namespace(snap, &pod.key.namespace);
         let current = pod.labels.get("app");
         if let Some((app, tier)) = apps.iter().find(|(a, _)| Some(**a) != current) {
             let mut new = pod.clone();
@@ -839,16 +841,7 @@ pub fn with_namespace_relabeled(snap: &Snapshot, _spec: &SynthSpec) -> Snapshot 
 pub fn with_pod_relabeled_for_node(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
     let base = compile(snap, &spec.node).plan;
     for pod in isolated_local_pods(snap, spec).into_iter().take(50) {
-        let mut apps: BTreeMap<&str, &str> = BTreeMap::new();
-        for p in snap
-            .pods
-            .iter()
-            .filter(|p| p.key.namespace == pod.key.namespace)
-        {
-            if let (Some(a), Some(t)) = (p.labels.get("app"), p.labels.get("tier")) {
-                apps.insert(a, t);
-            }
-        }
+        let apps = apps_in_namespace(snap, &pod.key.namespace);
         let current = pod.labels.get("app");
         for (app, tier) in apps.iter().filter(|(a, _)| Some(**a) != current) {
             let mut new = pod.clone();

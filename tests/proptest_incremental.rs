@@ -35,19 +35,6 @@ use nftpol::nft::{Ruleset, ops, render};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-fn config() -> ProptestConfig {
-    let default = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            default.cases
-        } else {
-            256
-        },
-        failure_persistence: None,
-        ..default
-    }
-}
-
 /// How a policy is made invalid.
 #[derive(Clone, Copy, Debug)]
 enum Breakage {
@@ -372,7 +359,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(g::config())]
 
     #[test]
     fn incremental_plans_equal_fresh_compilations(

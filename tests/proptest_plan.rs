@@ -26,22 +26,6 @@ use proptest::prelude::*;
 /// At most this many mismatches are spelled out in a failure.
 const SHOWN: usize = 12;
 
-/// 256 cases unless `PROPTEST_CASES` says otherwise (for long bug hunts).
-fn config() -> ProptestConfig {
-    let default = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            default.cases
-        } else {
-            256
-        },
-        // Minimal failing cases belong in explicit tests, not in a file
-        // proptest writes next to the sources.
-        failure_persistence: None,
-        ..default
-    }
-}
-
 struct Plans {
     compiled: Vec<(&'static str, Compiled, Ruleset)>,
 }
@@ -203,7 +187,7 @@ fn verdict(allowed: bool) -> &'static str {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(g::config())]
 
     /// The compiled plans decide every probed connection as the reference does.
     #[test]

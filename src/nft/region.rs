@@ -71,7 +71,7 @@ fn subtract_spans(a: &[Span], b: &[Span]) -> Vec<Span> {
 }
 
 /// Whether the normalized `spans` cover `s` wholly.
-fn covers(spans: &[Span], s: Span) -> bool {
+pub fn covers(spans: &[Span], s: Span) -> bool {
     let i = spans.partition_point(|x| x.0 <= s.0);
     i > 0 && spans[i - 1].1 >= s.1
 }

@@ -44,7 +44,7 @@ use crate::compiler::{Direction, ObjectKey, Plan, PortMatch, stable_hash_hex};
 use super::model::{
     Action, AddrField, Cond, Elem, Hook, KeyType, NftChain, NftMap, NftRule, NftSet, Part, Ruleset,
 };
-use super::region::{Builder, Span, normalize};
+use super::region::{Builder, Span, covers, normalize};
 
 pub const DEFAULT_TABLE: &str = "nftpol";
 
@@ -466,12 +466,6 @@ impl<'a> PeerSets<'a> {
     }
 }
 
-fn spans_hold(spans: &[Span], ip: IpAddr) -> bool {
-    let n = to_u128(ip);
-    let i = spans.partition_point(|x| x.0 <= n);
-    i > 0 && spans[i - 1].1 >= n
-}
-
 /// One isolated pod's allow-list in one direction and family, merged over
 /// all the lines of all its policies: the canonical region (`nft::region`:
 /// neighbouring pods merge into ranges) split into its four parts by the
@@ -514,7 +508,7 @@ fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, v6: bool) -> Parts 
                         // On each destination peer that has it.
                         Direction::Egress => {
                             for (ip, proto, port) in family {
-                                if spans_hold(spans, *ip) {
+                                if covers(spans, (to_u128(*ip), to_u128(*ip))) {
                                     let n = to_u128(*ip);
                                     b.ports(*proto, *port, *port, &[(n, n)]);
                                 }

@@ -549,3 +549,19 @@ pub fn pod_info(ns: &str, name: &str, host: u8, p: PodGen) -> PodInfo {
         named_ports: named_ports.into(),
     }
 }
+
+/// 256 cases unless `PROPTEST_CASES` says otherwise (for long bug hunts);
+/// minimal failing cases belong in explicit tests, not in a file proptest
+/// writes next to the sources.
+pub fn config() -> ProptestConfig {
+    let default = ProptestConfig::default();
+    ProptestConfig {
+        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+            default.cases
+        } else {
+            256
+        },
+        failure_persistence: None,
+        ..default
+    }
+}
