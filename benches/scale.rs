@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use nftpol::compiler::{Snapshot, compile, parse_policies};
 use nftpol::lab::Netns;
-use nftpol::nft::{Nft, Ruleset, Stats, Syncer, json, ops, render, to_text};
+use nftpol::nft::{Netlink, Nft, Ruleset, Stats, Syncer, json, netlink, ops, render, to_text};
 use nftpol::synth::{
     SynthSpec, synth_cluster, with_local_pod_added, with_namespace_relabeled_for_node,
     with_pod_relabeled_for_node, with_policy_added, with_remote_pod_added,
@@ -317,6 +317,8 @@ struct Incr {
     /// `nft -j -f -` of the same batch alone.
     exec: Duration,
     exec_cpu: ChildCpu,
+    /// The same batch over netlink alone, when it only updates elements.
+    netlink: Option<Duration>,
     commands: usize,
 }
 
@@ -432,8 +434,10 @@ fn kernel_col(ns: &str, spec: &SynthSpec, snap: &Snapshot, rs: &Ruleset, reps: R
     });
 
     // Full apply, in a fresh namespace: the first run creates the table,
-    // later ones replace it.
-    let mut syncer = Syncer::new(nft.clone(), TABLE);
+    // later ones replace it. Element updates over netlink, as `nftpol run`.
+    let mut syncer = Syncer::new(nft.clone(), TABLE)
+        .with_netlink(Netlink::open(None).expect("a netlink socket in the namespace"));
+    let mut nl = Netlink::open(None).expect("a netlink socket in the namespace");
     let mut full_times = Vec::new();
     for _ in 0..reps.full {
         syncer.force_full();
@@ -481,7 +485,15 @@ fn kernel_col(ns: &str, spec: &SynthSpec, snap: &Snapshot, rs: &Ruleset, reps: R
         .iter()
         .map(|(name, change)| {
             let changed = change(snap, spec);
-            let incr = incremental(&mut syncer, &nft, rs, &changed, &spec.node, reps.incr);
+            let incr = incremental(
+                &mut syncer,
+                &nft,
+                &mut nl,
+                rs,
+                &changed,
+                &spec.node,
+                reps.incr,
+            );
             eprintln!(
                 "   {name}: end to end {:.2?}, apply {:.2?}",
                 incr.total, incr.sync
@@ -505,6 +517,7 @@ fn kernel_col(ns: &str, spec: &SynthSpec, snap: &Snapshot, rs: &Ruleset, reps: R
 fn incremental(
     syncer: &mut Syncer,
     nft: &Nft,
+    nl: &mut Netlink,
     base: &Ruleset,
     changed: &Snapshot,
     node: &str,
@@ -541,14 +554,25 @@ fn incremental(
     // than `base` renders them); the undo restores exactly that.
     let start = syncer.applied().expect("base applied").clone();
     let want = render(&compile(changed, node).plan, TABLE);
-    let (diff, (doc, after)) = timed(runs, || {
+    let (diff, (doc, change)) = timed(runs, || {
         let change = ops::diff(&start, &want).expect("incremental diff");
-        (json::batch(TABLE, &change.ops), change.applied)
+        (json::batch(TABLE, &change.ops), change)
     });
-    let undo = json::batch(
-        TABLE,
-        &ops::diff_exact(&after, &start).expect("reverse diff").ops,
-    );
+    let undo_ops = ops::diff_exact(&change.applied, &start)
+        .expect("reverse diff")
+        .ops;
+    let undo = json::batch(TABLE, &undo_ops);
+    // The same change over netlink, where it only updates elements.
+    let netlink_t = (netlink::carries(&change.ops) && netlink::carries(&undo_ops)).then(|| {
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            nl.apply(TABLE, &change.ops).expect("netlink (diff)");
+            times.push(t.elapsed());
+            nl.apply(TABLE, &undo_ops).expect("netlink (undo)");
+        }
+        median(times)
+    });
     let mut exec = Vec::new();
     let mut cpu = ChildCpu::default();
     for _ in 0..runs {
@@ -568,6 +592,7 @@ fn incremental(
         diff,
         exec: median(exec),
         exec_cpu: cpu.per_run(runs),
+        netlink: netlink_t,
         commands,
     }
 }
@@ -753,7 +778,8 @@ fn print_size(out: &mut String, c: &Col, skipped: Option<&String>) {
     let _ = writeln!(
         out,
         "\nOne change (median of {}): apply = Syncer::sync of the rendered ruleset \
-         (diff + one nft transaction); end to end = compile + render + apply.\n",
+         (diff + one transaction: over netlink when it only updates elements, else through nft); \
+         end to end = compile + render + apply.\n",
         r.incr
     );
     let rows: Vec<Vec<String>> = CHANGES
@@ -769,6 +795,7 @@ fn print_size(out: &mut String, c: &Col, skipped: Option<&String>) {
                 ms(i.diff),
                 ms(i.exec),
                 i.exec_cpu.to_string(),
+                i.netlink.map_or("- (needs nft)".into(), ms),
                 i.commands.to_string(),
             ]
         })
@@ -784,6 +811,7 @@ fn print_size(out: &mut String, c: &Col, skipped: Option<&String>) {
             "diff + batch",
             "nft alone",
             "nft CPU user / sys",
+            "netlink alone",
             "commands",
         ],
         &rows,

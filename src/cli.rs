@@ -33,6 +33,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// See `nftpol run --element-updates`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ElementUpdates {
+    Netlink,
+    Nft,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print the ruleset a node would enforce (nft -f text, or JSON). No root needed.
@@ -99,6 +106,16 @@ pub enum Command {
         /// Command that runs nft, split at spaces (tests: "ip netns exec NODE nft").
         #[arg(long, env = "NFTPOL_NFT_COMMAND", default_value = "nft")]
         nft_command: String,
+        /// How transactions that only add or remove set and map elements
+        /// (most changes) reach the kernel: over nftpol's own nf_tables
+        /// netlink socket (one round trip), or through nft like all others.
+        #[arg(long, env = "NFTPOL_ELEMENT_UPDATES", value_enum, default_value_t = ElementUpdates::Netlink)]
+        element_updates: ElementUpdates,
+        /// Enforce in the network namespace NAME (as `ip netns` knows it)
+        /// instead of nftpol's own: nft runs through `ip netns exec NAME`
+        /// and the netlink socket is opened there. For labs and benches.
+        #[arg(long, env = "NFTPOL_NETNS")]
+        netns: Option<String>,
     },
     /// Run an in-memory Kubernetes API server, for development and tests only.
     ///
@@ -280,11 +297,28 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             resync_period,
             min_sync_interval,
             nft_command,
+            element_updates,
+            netns,
         } => {
-            let argv: Vec<String> = nft_command.split_whitespace().map(String::from).collect();
+            let mut argv: Vec<String> = nft_command.split_whitespace().map(String::from).collect();
             if argv.is_empty() {
                 return Err(Error::Usage("--nft-command must not be empty".into()));
             }
+            let netns_path = match &netns {
+                Some(name) if name.is_empty() || name.contains('/') => {
+                    return Err(Error::Usage(format!(
+                        "--netns takes a name that `ip netns` knows, not {name:?}"
+                    )));
+                }
+                Some(name) => {
+                    let mut wrapped: Vec<String> =
+                        ["ip", "netns", "exec", name].map(String::from).to_vec();
+                    wrapped.append(&mut argv);
+                    argv = wrapped;
+                    Some(PathBuf::from("/run/netns").join(name))
+                }
+                None => None,
+            };
             let cfg = crate::watch::RunConfig {
                 node_name,
                 kubeconfig,
@@ -293,6 +327,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 resync_period,
                 min_sync_interval,
                 nft: Nft::with_command(argv),
+                netlink: match element_updates {
+                    ElementUpdates::Netlink => Some(crate::watch::NetlinkAt { netns: netns_path }),
+                    ElementUpdates::Nft => None,
+                },
             };
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;

@@ -20,6 +20,8 @@
 //! diagnostic for a policy the API server accepts, so no invalid policy can
 //! reach the controller through the API.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::lab_ready;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod as ApiPod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -47,17 +50,6 @@ const HTTP: Port = Port::tcp(80);
 /// machine may be busy with other test binaries).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 const RESYNC: Duration = Duration::from_secs(2);
-
-/// True when the test can run; prints why not otherwise.
-fn lab_ready(test: &str) -> bool {
-    match lab::unavailable() {
-        None => true,
-        Some(why) => {
-            eprintln!("skipping {test}: needs root and nft/ip (network namespaces) [{why}]");
-            false
-        }
-    }
-}
 
 /// A temporary file or directory, removed on drop.
 struct TempPath(PathBuf);

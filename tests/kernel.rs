@@ -27,17 +27,6 @@ const TABLE: &str = nft::DEFAULT_TABLE;
 /// Every lab pod serves these; the matrices probe all of them.
 const PORTS: [Port; 4] = [Port::tcp(80), Port::tcp(81), Port::tcp(8080), Port::udp(80)];
 
-/// True when the test can run; prints why not otherwise.
-fn lab_ready(test: &str) -> bool {
-    match lab::unavailable() {
-        None => true,
-        Some(why) => {
-            eprintln!("skipping {test}: needs root and nft/ip (network namespaces) [{why}]");
-            false
-        }
-    }
-}
-
 /// A node with lab pods, the snapshot that describes them (namespaces and
 /// pods, no policies) and the syncer that keeps the node's table.
 struct World {
@@ -51,7 +40,8 @@ struct World {
 impl World {
     fn new(config: NodeConfig) -> Self {
         let node = Node::new(config).expect("create the node");
-        let syncer = Mutex::new(Syncer::new(node.nft(), TABLE));
+        // As `nftpol run` keeps it: element updates over netlink.
+        let syncer = Mutex::new(node.syncer(TABLE).expect("a netlink socket in the node"));
         Self {
             node,
             pods: Vec::new(),
@@ -945,7 +935,17 @@ fn interval_allow_lists_follow_peers_and_ports_through_incremental_syncs() {
         return;
     }
     let node = Node::new(NodeConfig::new(NODE, 1)).expect("create the node");
-    let mut syncer = Syncer::new(node.nft(), TABLE);
+    for over_netlink in [false, true] {
+        let mut syncer = if over_netlink {
+            node.syncer(TABLE).expect("a netlink socket in the node")
+        } else {
+            Syncer::new(node.nft(), TABLE)
+        };
+        follow_steps(&node, &mut syncer, over_netlink);
+    }
+}
+
+fn follow_steps(node: &Node, syncer: &mut Syncer, over_netlink: bool) {
     /// Peer host numbers (10.244.2.N) and allowed TCP port ranges.
     type Step = (&'static [u8], &'static [(u16, u16)]);
     let steps: [Step; 7] = [
@@ -988,6 +988,9 @@ fn interval_allow_lists_follow_peers_and_ports_through_incremental_syncs() {
             .sync(nft::render(&compile(&snap, NODE).plan, TABLE))
             .unwrap_or_else(|e| panic!("step {i}: the kernel refused the transaction: {e}"));
         assert_eq!(report.full, i == 0, "step {i}: {report:?}");
+        if i > 0 && over_netlink {
+            assert_eq!(report.via, nft::Via::Netlink, "step {i}: {report:?}");
+        }
         for h in 1..=7u8 {
             for port in [79u16, 80, 85, 86, 90, 91] {
                 let want = hosts.contains(&h)
@@ -997,8 +1000,11 @@ fn interval_allow_lists_follow_peers_and_ports_through_incremental_syncs() {
                 let elem = format!("10.244.2.{h} . tcp . {port}");
                 let got = ["pod-in/x/srv.tuples4", "pod-in/x/srv.boxes4"]
                     .iter()
-                    .any(|set| kernel_set_holds(&node, set, &elem));
-                assert_eq!(got, want, "step {i}: 10.244.2.{h} on tcp {port}");
+                    .any(|set| kernel_set_holds(node, set, &elem));
+                assert_eq!(
+                    got, want,
+                    "step {i} (over netlink: {over_netlink}): 10.244.2.{h} on tcp {port}"
+                );
             }
         }
     }

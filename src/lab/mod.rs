@@ -73,6 +73,8 @@ pub enum LabError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Nft(#[from] crate::nft::NftError),
 }
 
 impl LabError {

@@ -9,7 +9,7 @@ use nix::sched::{CloneFlags, setns};
 
 use super::server::{Port, Servers};
 use super::{LabError, run_cmd};
-use crate::nft::Nft;
+use crate::nft::{Netlink, Nft};
 
 /// Where `ip netns` keeps its namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -124,6 +124,13 @@ impl Netns {
                 .map(String::from)
                 .to_vec(),
         )
+    }
+
+    /// A netlink socket to nf_tables inside this namespace (what `nftpol
+    /// run` sends element updates over).
+    pub fn netlink(&self) -> Result<Netlink, LabError> {
+        let path = PathBuf::from(NETNS_DIR).join(&self.name);
+        Ok(Netlink::open(Some(&path))?)
     }
 
     /// Forgets every tracked connection (`conntrack -F`), so that flows

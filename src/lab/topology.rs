@@ -154,6 +154,12 @@ impl Node {
         self.netns.nft()
     }
 
+    /// The syncer `nftpol run` would keep in this node: element updates
+    /// over netlink, the rest through `nft`.
+    pub fn syncer(&self, table: &str) -> Result<crate::nft::Syncer, LabError> {
+        Ok(crate::nft::Syncer::new(self.nft(), table).with_netlink(self.netns.netlink()?))
+    }
+
     /// Starts servers on `ports` (TCP, UDP, SCTP) in the node's namespace
     /// (on every address).
     pub fn serve(&self, ports: &[super::Port]) -> Result<(), LabError> {

@@ -16,6 +16,9 @@ pub enum NftError {
     },
     #[error("nft exited with {status}: {stderr}")]
     Failed { status: String, stderr: String },
+    /// A batch sent over nftpol's own netlink socket failed.
+    #[error("nf_tables netlink: {0}")]
+    Netlink(String),
     #[error("refusing to send a batch that touches table {0:?}: nftpol only changes its own table")]
     ForeignTable(String),
 }

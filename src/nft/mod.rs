@@ -10,6 +10,7 @@ pub mod eval;
 pub mod exec;
 pub mod json;
 pub mod model;
+pub mod netlink;
 pub mod ops;
 pub mod region;
 pub mod render;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 pub use exec::{Nft, NftError};
 pub use model::{Ruleset, Stats};
+pub use netlink::Netlink;
 pub use render::{DEFAULT_TABLE, render};
 pub use text::to_text;
 
@@ -29,14 +31,31 @@ pub struct SyncReport {
     pub full: bool,
     /// Commands sent (0: nothing changed, nft not run).
     pub commands: usize,
+    /// How the transaction reached the kernel.
+    pub via: Via,
     pub elapsed: Duration,
     pub stats: Stats,
+}
+
+/// The path a transaction took to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Nothing to send.
+    Nothing,
+    /// The whole table as `nft -f` text.
+    NftText,
+    /// A diff as an `nft -j` batch.
+    NftJson,
+    /// Element updates over nftpol's netlink socket.
+    Netlink,
 }
 
 /// Keeps the kernel's copy of one table equal to the wanted ruleset.
 #[derive(Debug)]
 pub struct Syncer {
     nft: Nft,
+    /// Where element-only transactions go when set; else through `nft`.
+    netlink: Option<Netlink>,
     table: String,
     applied: Option<Ruleset>,
 }
@@ -45,9 +64,18 @@ impl Syncer {
     pub fn new(nft: Nft, table: impl Into<String>) -> Self {
         Self {
             nft,
+            netlink: None,
             table: table.into(),
             applied: None,
         }
+    }
+
+    /// Sends transactions that only add or remove elements over `netlink`
+    /// (one round trip) instead of through `nft`; everything else still
+    /// goes through `nft`.
+    pub fn with_netlink(mut self, netlink: Netlink) -> Self {
+        self.netlink = Some(netlink);
+        self
     }
 
     pub fn table(&self) -> &str {
@@ -74,15 +102,30 @@ impl Syncer {
             None => (ops::full(&want), true, want),
         };
         // A full replacement goes as nft text, which nft 1.0.6 parses
-        // faster than the same table as JSON (BENCHMARKS.md); a diff as JSON.
-        let applied = if ops.is_empty() {
-            Ok(())
+        // faster than the same table as JSON (BENCHMARKS.md); a diff that
+        // only updates elements over netlink when there is a socket, any
+        // other diff as JSON.
+        let via = if ops.is_empty() {
+            Via::Nothing
         } else if full {
-            self.nft
-                .run(&["-f", "-"], Some(to_text(&after).as_bytes()))
-                .map(|_| ())
+            Via::NftText
+        } else if self.netlink.is_some() && netlink::carries(&ops) {
+            Via::Netlink
         } else {
-            self.nft.apply_ops(&self.table, &ops)
+            Via::NftJson
+        };
+        let applied = match via {
+            Via::Nothing => Ok(()),
+            Via::NftText => self
+                .nft
+                .run(&["-f", "-"], Some(to_text(&after).as_bytes()))
+                .map(|_| ()),
+            Via::NftJson => self.nft.apply_ops(&self.table, &ops),
+            Via::Netlink => self
+                .netlink
+                .as_mut()
+                .expect("checked")
+                .apply(&self.table, &ops),
         };
         if let Err(e) = applied {
             // Unknown kernel state: start over with a full replacement.
@@ -93,6 +136,7 @@ impl Syncer {
         Ok(SyncReport {
             full,
             commands: ops.len(),
+            via,
             elapsed: start.elapsed(),
             stats,
         })

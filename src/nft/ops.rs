@@ -22,11 +22,14 @@ pub enum Op {
     AddElements {
         set: String,
         key: KeyType,
+        /// The set has `flags interval`.
+        interval: bool,
         elems: Vec<Elem>,
     },
     DeleteElements {
         set: String,
         key: KeyType,
+        interval: bool,
         elems: Vec<Elem>,
     },
     AddMap {
@@ -165,6 +168,7 @@ fn diff_with(old: &Ruleset, new: &Ruleset, exact: bool) -> Option<Change> {
                     ops.push(Op::DeleteElements {
                         set: name.clone(),
                         key: set.key,
+                        interval: set.interval,
                         elems: gone,
                     });
                 }
@@ -172,6 +176,7 @@ fn diff_with(old: &Ruleset, new: &Ruleset, exact: bool) -> Option<Change> {
                     ops.push(Op::AddElements {
                         set: name.clone(),
                         key: set.key,
+                        interval: set.interval,
                         elems: added,
                     });
                 }
@@ -311,7 +316,7 @@ fn update_region(
         added.entry(*to).or_default().push(e);
     }
     for name in names {
-        let key = new.sets[*name].key;
+        let (key, interval) = (new.sets[*name].key, new.sets[*name].interval);
         let mut now = (*old.sets[*name].elements).clone();
         if let Some(elems) = gone.remove(name) {
             for e in &elems {
@@ -320,6 +325,7 @@ fn update_region(
             ops.push(Op::DeleteElements {
                 set: (*name).clone(),
                 key,
+                interval,
                 elems,
             });
         }
@@ -328,6 +334,7 @@ fn update_region(
             ops.push(Op::AddElements {
                 set: (*name).clone(),
                 key,
+                interval,
                 elems,
             });
         }

@@ -43,7 +43,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
-use crate::nft::Nft;
+use crate::nft::{Netlink, Nft, Syncer};
 use store::{Changes, MapKey, PodKey, Store, Trim, parse_rv};
 
 pub use reconcile::SyncStatus;
@@ -58,6 +58,16 @@ pub struct RunConfig {
     pub resync_period: Duration,
     pub min_sync_interval: Duration,
     pub nft: Nft,
+    /// Element-only transactions over netlink (opened at start), or `None`
+    /// for all of them through `nft`.
+    pub netlink: Option<NetlinkAt>,
+}
+
+/// Where to open the netlink socket.
+#[derive(Clone, Debug)]
+pub struct NetlinkAt {
+    /// A network namespace file; `None`: nftpol's own namespace.
+    pub netns: Option<PathBuf>,
 }
 
 /// Objects per page when listing.
@@ -421,6 +431,18 @@ fn check_br_netfilter() {
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     check_br_netfilter();
+    let mut syncer = Syncer::new(cfg.nft.clone(), cfg.table.clone());
+    if let Some(at) = &cfg.netlink {
+        let socket = Netlink::open(at.netns.as_deref()).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (the socket for element updates; --element-updates=nft sends them through nft instead)"
+            )
+        })?;
+        syncer = syncer.with_netlink(socket);
+        info!(
+            "element updates go over nftpol's nf_tables netlink socket; other changes through nft"
+        );
+    }
     let client = client(cfg.kubeconfig.as_ref()).await?;
     let shared = Arc::new(Shared::default());
 
@@ -457,6 +479,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     );
     let reconciler = tokio::spawn(reconcile::run(
         cfg.clone(),
+        syncer,
         shared.clone(),
         Some(recorder),
         stop_rx,

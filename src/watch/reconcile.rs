@@ -63,11 +63,12 @@ fn retry_delay(failures: u32) -> Duration {
 
 pub async fn run(
     cfg: RunConfig,
+    syncer: Syncer,
     shared: Arc<Shared>,
     recorder: Option<Recorder>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut syncer = Some(Syncer::new(cfg.nft.clone(), cfg.table.clone()));
+    let mut syncer = Some(syncer);
     let mut compiler: Option<Incremental> = None;
     // Reuses the allow-lists of pods whose inputs did not change.
     let mut renderer = Some(nft::render::Renderer::default());
@@ -216,6 +217,7 @@ pub async fn run(
                 } else if report.commands > 0 {
                     tracing::debug!(
                         commands = report.commands,
+                        via = ?report.via,
                         elapsed_ms = elapsed.as_secs_f64() * 1e3,
                         "applied changes"
                     );

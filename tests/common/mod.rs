@@ -17,6 +17,18 @@ use nftpol::compiler::snapshot::{
 };
 pub use serde_json::json;
 
+/// True when a test that needs network namespaces can run; prints why not
+/// otherwise (the test then returns: CI runs as root, so it runs there).
+pub fn lab_ready(test: &str) -> bool {
+    match nftpol::lab::unavailable() {
+        None => true,
+        Some(why) => {
+            eprintln!("skipping {test}: needs root and nft/ip (network namespaces) [{why}]");
+            false
+        }
+    }
+}
+
 /// Labels from `(key, value)` pairs.
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
