@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench controller                          # 10k latency + RSS at 10k and 100k
 //! NFTPOL_BENCH_QUICK=1 cargo bench --bench controller     # 10k, 10 repetitions, no 100k (or: -- --quick)
-//! NFTPOL_BENCH_ELEMENT_UPDATES=nft cargo bench --bench controller  # element updates through nft, as before netlink
+//! NFTPOL_BENCH_CHANGES_VIA=nft cargo bench --bench controller  # incremental changes through nft, as before netlink
 //! NFTPOL_BENCH_BIG=100000/1000/500 cargo bench --bench controller   # shape of the big cluster (none: skip it)
 //! NFTPOL_BENCH_REPS=20 NFTPOL_BENCH_POLL_MS=5 cargo bench --bench controller   # changes per kind, /status poll period
 //! NFTPOL_BENCH_KEEP_LOGS=1 cargo bench --bench controller # keep the controller's (JSON, debug) logs
@@ -17,7 +17,7 @@
 //!
 //! 1. A synthetic cluster (10k pods / 1k policies / 500 namespaces, 110 pods
 //!    on `node-1`) is created on the devserver over HTTP, then `nftpol run
-//!    --netns NS --element-updates netlink --min-sync-interval 10ms
+//!    --netns NS --changes-via netlink --min-sync-interval 10ms
 //!    --resync-period 1h` starts (the release binary cargo builds for
 //!    benches, `CARGO_BIN_EXE_nftpol`) and the bench waits for `/status` to
 //!    report the load's resourceVersion.
@@ -331,10 +331,10 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// `--element-updates` of the controller: `NFTPOL_BENCH_ELEMENT_UPDATES`
+/// `--changes-via` of the controller: `NFTPOL_BENCH_CHANGES_VIA`
 /// (`netlink`, the default, or `nft`).
-fn element_updates() -> String {
-    std::env::var("NFTPOL_BENCH_ELEMENT_UPDATES").unwrap_or_else(|_| "netlink".into())
+fn changes_via() -> String {
+    std::env::var("NFTPOL_BENCH_CHANGES_VIA").unwrap_or_else(|_| "netlink".into())
 }
 
 fn env_num(name: &str) -> Option<usize> {
@@ -937,9 +937,10 @@ fn phases(scenarios: &[Scenario], nft: &Nft, mut nl: Netlink, runs: usize) -> Ve
             let mut times = Vec::new();
             for _ in 0..runs.max(7) {
                 let t = Instant::now();
-                nl.apply(TABLE, &change.ops).expect("netlink (diff)");
+                nl.apply(&change.applied, &change.ops)
+                    .expect("netlink (diff)");
                 times.push(t.elapsed());
-                nl.apply(TABLE, &undo_ops).expect("netlink (undo)");
+                nl.apply(&before, &undo_ops).expect("netlink (undo)");
             }
             median(times)
         });
@@ -1050,8 +1051,8 @@ impl Controller {
             &status_addr.to_string(),
             "--netns",
             ns.name(),
-            "--element-updates",
-            &element_updates(),
+            "--changes-via",
+            &changes_via(),
             "--min-sync-interval",
             MIN_SYNC_INTERVAL,
             // No periodic full resync inside the measurement.

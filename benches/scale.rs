@@ -567,9 +567,10 @@ fn incremental(
         let mut times = Vec::new();
         for _ in 0..runs {
             let t = Instant::now();
-            nl.apply(TABLE, &change.ops).expect("netlink (diff)");
+            nl.apply(&change.applied, &change.ops)
+                .expect("netlink (diff)");
             times.push(t.elapsed());
-            nl.apply(TABLE, &undo_ops).expect("netlink (undo)");
+            nl.apply(&start, &undo_ops).expect("netlink (undo)");
         }
         median(times)
     });

@@ -33,9 +33,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// See `nftpol run --element-updates`.
+/// See `nftpol run --changes-via`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ElementUpdates {
+pub enum ChangesVia {
     Netlink,
     Nft,
 }
@@ -106,11 +106,12 @@ pub enum Command {
         /// Command that runs nft, split at spaces (tests: "ip netns exec NODE nft").
         #[arg(long, env = "NFTPOL_NFT_COMMAND", default_value = "nft")]
         nft_command: String,
-        /// How transactions that only add or remove set and map elements
-        /// (most changes) reach the kernel: over nftpol's own nf_tables
-        /// netlink socket (one round trip), or through nft like all others.
-        #[arg(long, env = "NFTPOL_ELEMENT_UPDATES", value_enum, default_value_t = ElementUpdates::Netlink)]
-        element_updates: ElementUpdates,
+        /// How incremental changes (every transaction but the full
+        /// replacement of the table, which nft loads as text) reach the
+        /// kernel: over nftpol's own nf_tables netlink socket (one round
+        /// trip, no process started), or through nft.
+        #[arg(long, env = "NFTPOL_CHANGES_VIA", value_enum, default_value_t = ChangesVia::Netlink)]
+        changes_via: ChangesVia,
         /// Enforce in the network namespace NAME (as `ip netns` knows it)
         /// instead of nftpol's own: nft runs through `ip netns exec NAME`
         /// and the netlink socket is opened there. For labs and benches.
@@ -297,7 +298,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             resync_period,
             min_sync_interval,
             nft_command,
-            element_updates,
+            changes_via,
             netns,
         } => {
             let mut argv: Vec<String> = nft_command.split_whitespace().map(String::from).collect();
@@ -327,9 +328,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 resync_period,
                 min_sync_interval,
                 nft: Nft::with_command(argv),
-                netlink: match element_updates {
-                    ElementUpdates::Netlink => Some(crate::watch::NetlinkAt { netns: netns_path }),
-                    ElementUpdates::Nft => None,
+                netlink: match changes_via {
+                    ChangesVia::Netlink => Some(crate::watch::NetlinkAt { netns: netns_path }),
+                    ChangesVia::Nft => None,
                 },
             };
             let runtime = tokio::runtime::Runtime::new()

@@ -46,7 +46,7 @@ pub enum Via {
     NftText,
     /// A diff as an `nft -j` batch.
     NftJson,
-    /// Element updates over nftpol's netlink socket.
+    /// A diff over nftpol's netlink socket.
     Netlink,
 }
 
@@ -54,7 +54,7 @@ pub enum Via {
 #[derive(Debug)]
 pub struct Syncer {
     nft: Nft,
-    /// Where element-only transactions go when set; else through `nft`.
+    /// Where diffs go when set; else through `nft`.
     netlink: Option<Netlink>,
     table: String,
     applied: Option<Ruleset>,
@@ -70,9 +70,8 @@ impl Syncer {
         }
     }
 
-    /// Sends transactions that only add or remove elements over `netlink`
-    /// (one round trip) instead of through `nft`; everything else still
-    /// goes through `nft`.
+    /// Sends diffs over `netlink` (one round trip, no process) instead of
+    /// through `nft`; full replacements still go through `nft`.
     pub fn with_netlink(mut self, netlink: Netlink) -> Self {
         self.netlink = Some(netlink);
         self
@@ -102,9 +101,9 @@ impl Syncer {
             None => (ops::full(&want), true, want),
         };
         // A full replacement goes as nft text, which nft 1.0.6 parses
-        // faster than the same table as JSON (BENCHMARKS.md); a diff that
-        // only updates elements over netlink when there is a socket, any
-        // other diff as JSON.
+        // faster than the same table as JSON (BENCHMARKS.md); a diff over
+        // netlink when there is a socket (`netlink::carries` holds for
+        // every diff `ops::diff` makes), else as JSON.
         let via = if ops.is_empty() {
             Via::Nothing
         } else if full {
@@ -121,11 +120,7 @@ impl Syncer {
                 .run(&["-f", "-"], Some(to_text(&after).as_bytes()))
                 .map(|_| ()),
             Via::NftJson => self.nft.apply_ops(&self.table, &ops),
-            Via::Netlink => self
-                .netlink
-                .as_mut()
-                .expect("checked")
-                .apply(&self.table, &ops),
+            Via::Netlink => self.netlink.as_mut().expect("checked").apply(&after, &ops),
         };
         if let Err(e) = applied {
             // Unknown kernel state: start over with a full replacement.

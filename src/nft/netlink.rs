@@ -1,16 +1,16 @@
-//! nf_tables over netlink, for transactions that only add or remove set and
-//! map elements: the common incremental change (a pod joins or leaves a
-//! selector, a policy widens an allow-list) without starting `nft`, which
-//! costs 9–16 ms per transaction on a 10k-pod table (BENCHMARKS.md: its
-//! start, its cache of the whole table, its parser), against well under a
-//! millisecond for one batch on a socket kept open.
+//! nf_tables over netlink, for incremental changes: a pod joins or leaves
+//! a selector, a policy widens an allow-list, a pod on this node becomes
+//! isolated (its chain, sets and rules appear). `nft` costs 9–16 ms per
+//! such transaction on a 10k-pod table (BENCHMARKS.md: its start, its cache
+//! of the whole table, its parser), one batch on a socket kept open well
+//! under a millisecond for elements, a few for a new pod chain.
 //!
-//! A batch is what `nft` itself sends for the same commands (checked with
-//! `nft --debug=netlink`, and by `tests/kernel.rs`, which applies the same
-//! changes both ways and compares the kernel's sets): `NFNL_MSG_BATCH_BEGIN`,
-//! one `NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM` per op (more when the
-//! element list outgrows a netlink attribute), `NFNL_MSG_BATCH_END`. The
-//! kernel applies it as one transaction or not at all.
+//! A batch is what `nft` itself sends for the same commands (read off
+//! `nft --debug=netlink` and `--debug=mnl`; `tests/netlink.rs` applies the
+//! same changes both ways and compares the kernel's listings):
+//! `NFNL_MSG_BATCH_BEGIN`, one message per op (an element list that
+//! outgrows a netlink attribute is split), `NFNL_MSG_BATCH_END`. The kernel
+//! applies it as one transaction or not at all.
 //!
 //! Element encodings, by set type:
 //! - hash sets: the key, fields of a concatenation each padded to 4 bytes;
@@ -22,9 +22,14 @@
 //!   (`NFTA_SET_ELEM_KEY`, `NFTA_SET_ELEM_KEY_END`);
 //! - verdict maps: the address and `jump CHAIN`.
 //!
-//! Chains, rules and sets are created and removed through `nft`
-//! ([`super::exec`]); [`carries`] tells which batches can go here.
+//! Sets carry nft's key type, field lengths and user data (so that
+//! `nft list` shows them as nft made them); rules are the expressions nft
+//! makes of a pod chain's rules (`meta nfproto` dependency, payload and
+//! meta loads, lookup, `fib`, counter, verdict), appended in order. The
+//! table, the maps, the base chains and their rules are only made by a
+//! full replacement (nft text); [`carries`] tells which batches can go here.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -40,7 +45,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use super::exec::NftError;
-use super::model::{Elem, KeyType};
+use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet, Ruleset};
 use super::ops::Op;
 
 const NLMSG_ERROR: u16 = 2;
@@ -52,8 +57,68 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NLM_F_APPEND: u16 = 0x800;
+
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
+const NFTA_SET_DESC_CONCAT: u16 = 2;
+const NFTA_SET_FIELD_LEN: u16 = 1;
+const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_CONCAT: u32 = 0x80;
+/// nft's data type numbers; a concatenation's type has 6 bits per field.
+const TYPE_IPV4_ADDR: u32 = 7;
+const TYPE_IPV6_ADDR: u32 = 8;
+const TYPE_INET_PROTO: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+/// Set user data as nft writes it (only `nft list` reads it): the key's
+/// byte order (big endian for addresses, none for a concatenation), for a
+/// concatenation the record nft adds for it, then the comment.
+const UDATA_ADDR_KEY: [u8; 6] = [0, 4, 2, 0, 0, 0];
+const UDATA_CONCAT_KEY: [u8; 16] = [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0];
+const UDATA_COMMENT: u8 = 7;
+
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+const NFT_REG_2: u32 = 2;
+/// 32-bit registers after a 4-byte address in register 1, and after a
+/// 16-byte one (nft's register allocation for `addr . l4proto . dport`).
+const NFT_REG32_01: u32 = 9;
+const NFT_REG32_02: u32 = 10;
+const NFT_REG32_05: u32 = 13;
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_BYTEORDER_HTON: u32 = 1;
+const NFTA_FIB_F_SADDR: u32 = 1;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const RTN_LOCAL: u32 = 2;
+const NF_DROP: i32 = 0;
+const NF_ACCEPT: i32 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 /// nftpol's table is `inet`.
 const NFPROTO_INET: u8 = 1;
 
@@ -84,17 +149,34 @@ const LIST_LIMIT: usize = 60_000;
 /// returns; this only bounds a kernel that does not).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether every op of a batch is an element update that [`Netlink`] sends.
+/// Whether every op of a batch can go over netlink: element updates, and
+/// the sets, regular chains and pod-chain rules an incremental change
+/// creates or removes. The table, maps, base chains and their rules are
+/// only made by a full sync (nft text).
 pub fn carries(ops: &[Op]) -> bool {
-    ops.iter().all(|op| {
-        matches!(
-            op,
-            Op::AddElements { .. }
-                | Op::DeleteElements { .. }
-                | Op::AddMapEntries { .. }
-                | Op::DeleteMapEntries { .. }
-        )
+    ops.iter().all(|op| match op {
+        Op::AddElements { .. }
+        | Op::DeleteElements { .. }
+        | Op::AddMapEntries { .. }
+        | Op::DeleteMapEntries { .. }
+        | Op::AddSet { .. }
+        | Op::DeleteSet(_)
+        | Op::AddChain { hook: None, .. }
+        | Op::FlushChain(_)
+        | Op::DeleteChain(_) => true,
+        Op::AddRule { rule, .. } => rule_encodable(rule),
+        Op::AddTable | Op::DeleteTable | Op::AddMap { .. } | Op::DeleteMap(_) => false,
+        Op::AddChain { hook: Some(_), .. } => false,
     })
+}
+
+fn rule_encodable(rule: &NftRule) -> bool {
+    rule.conds.iter().all(|c| {
+        matches!(
+            c,
+            Cond::AddrIn { .. } | Cond::TupleIn { .. } | Cond::FromLocalNode
+        )
+    }) && matches!(rule.action, Action::Accept | Action::CountDrop)
 }
 
 /// An encoded transaction.
@@ -128,10 +210,17 @@ impl Batch {
     }
 }
 
-/// Encodes `ops` (all of them element updates, see [`carries`]) as one
-/// nf_tables batch on `table`. Pure: the bytes `nft` would send, up to
-/// sequence numbers and the cache-related extras nft adds.
-pub fn encode(table: &str, ops: &[Op], first_seq: u32) -> Result<Batch, NftError> {
+/// Encodes `ops` (see [`carries`]) as one nf_tables batch on `table`;
+/// `interval` tells whether a set the ops refer to has `flags interval`
+/// (a rule's lookup of a concatenated interval set loads the protocol
+/// field differently). Pure: the bytes `nft` would send, up to sequence
+/// numbers and set ids.
+pub fn encode(
+    table: &str,
+    ops: &[Op],
+    first_seq: u32,
+    interval: &dyn Fn(&str) -> Option<bool>,
+) -> Result<Batch, NftError> {
     let mut enc = Encoder {
         w: Writer {
             buf: Vec::with_capacity(256),
@@ -140,6 +229,7 @@ pub fn encode(table: &str, ops: &[Op], first_seq: u32) -> Result<Batch, NftError
         seq: first_seq,
         owners: Vec::new(),
         list: None,
+        set_ids: BTreeMap::new(),
     };
     let begin = enc.w.msg_start(
         NFNL_MSG_BATCH_BEGIN,
@@ -151,54 +241,63 @@ pub fn encode(table: &str, ops: &[Op], first_seq: u32) -> Result<Batch, NftError
     enc.w.msg_end(begin);
     let mut last_msg = None;
     for (i, op) in ops.iter().enumerate() {
-        let target = match op {
-            Op::AddElements { set, .. } => (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, set.as_str()),
-            Op::DeleteElements { set, .. } => (i, NFT_MSG_DELSETELEM, 0, set.as_str()),
-            Op::AddMapEntries { map, .. } => (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, map.as_str()),
-            Op::DeleteMapEntries { map, .. } => (i, NFT_MSG_DELSETELEM, 0, map.as_str()),
+        let msg = match op {
+            Op::AddElements { .. }
+            | Op::DeleteElements { .. }
+            | Op::AddMapEntries { .. }
+            | Op::DeleteMapEntries { .. } => enc.elements(i, op)?,
+            Op::AddSet { name, set } => {
+                let msg = enc.new_set(i, name, set);
+                if set.elements.is_empty() {
+                    Some(msg)
+                } else {
+                    let fill = Op::AddElements {
+                        set: name.clone(),
+                        key: set.key,
+                        interval: set.interval,
+                        elems: set.elements.iter().cloned().collect(),
+                    };
+                    enc.elements(i, &fill)?
+                }
+            }
+            Op::DeleteSet(name) => {
+                Some(enc.named(i, NFT_MSG_DELSET, 0, NFTA_SET_TABLE, NFTA_SET_NAME, name))
+            }
+            Op::AddChain { name, hook: None } => Some(enc.named(
+                i,
+                NFT_MSG_NEWCHAIN,
+                NLM_F_CREATE,
+                NFTA_CHAIN_TABLE,
+                NFTA_CHAIN_NAME,
+                name,
+            )),
+            Op::DeleteChain(name) => Some(enc.named(
+                i,
+                NFT_MSG_DELCHAIN,
+                0,
+                NFTA_CHAIN_TABLE,
+                NFTA_CHAIN_NAME,
+                name,
+            )),
+            // A rule deletion naming only the chain deletes all its rules.
+            Op::FlushChain(name) => Some(enc.named(
+                i,
+                NFT_MSG_DELRULE,
+                0,
+                NFTA_RULE_TABLE,
+                NFTA_RULE_CHAIN,
+                name,
+            )),
+            Op::AddRule { chain, rule } if rule_encodable(rule) => {
+                Some(enc.new_rule(i, chain, rule, interval)?)
+            }
             other => {
                 return Err(NftError::Netlink(format!(
-                    "not an element update, cannot go over netlink: {other:?}"
+                    "only a full sync (nft) does this: {other:?}"
                 )));
             }
         };
-        match op {
-            Op::AddElements {
-                set,
-                key,
-                interval,
-                elems,
-            }
-            | Op::DeleteElements {
-                set,
-                key,
-                interval,
-                elems,
-            } => {
-                for e in elems {
-                    let items = list_elems(*key, *interval, e).map_err(|why| {
-                        NftError::Netlink(format!("set {set}: element {e:?}: {why}"))
-                    })?;
-                    for item in items.iter().flatten() {
-                        enc.item(target, |w| item.write(w, None));
-                    }
-                }
-            }
-            Op::AddMapEntries { entries, .. } => {
-                for (addr, chain) in entries {
-                    let item = ListElem::key(addr_bytes(*addr));
-                    enc.item(target, |w| item.write(w, Some(chain)));
-                }
-            }
-            Op::DeleteMapEntries { keys, .. } => {
-                for addr in keys {
-                    let item = ListElem::key(addr_bytes(*addr));
-                    enc.item(target, |w| item.write(w, None));
-                }
-            }
-            _ => unreachable!("checked above"),
-        }
-        last_msg = enc.close().or(last_msg);
+        last_msg = msg.or(last_msg);
     }
     // The last command asks for an acknowledgement: with no error before
     // it, the kernel has processed the whole batch.
@@ -234,25 +333,312 @@ struct Encoder<'a> {
     owners: Vec<usize>,
     /// The open message and its element list, by offset.
     list: Option<(usize, usize)>,
+    /// Sets created in this batch, by name: their ids.
+    set_ids: BTreeMap<String, u32>,
 }
 
 impl Encoder<'_> {
+    /// Starts a command message of op `i`.
+    fn start(&mut self, i: usize, ty: u16, flags: u16) -> usize {
+        self.close();
+        self.seq = self.seq.wrapping_add(1);
+        self.owners.push(i);
+        self.w.msg_start(
+            (NFNL_SUBSYS_NFTABLES << 8) | ty,
+            NLM_F_REQUEST | flags,
+            self.seq,
+            NFPROTO_INET,
+            0,
+        )
+    }
+
+    /// A message that names the table and one object.
+    fn named(
+        &mut self,
+        i: usize,
+        ty: u16,
+        flags: u16,
+        table_attr: u16,
+        name_attr: u16,
+        name: &str,
+    ) -> usize {
+        let msg = self.start(i, ty, flags);
+        self.w.attr_str(table_attr, self.table);
+        self.w.attr_str(name_attr, name);
+        self.w.msg_end(msg);
+        msg
+    }
+
+    /// `add set`, as nft sends it (flags, key type and length, the field
+    /// lengths of a concatenated interval key, user data for `nft list`).
+    fn new_set(&mut self, i: usize, name: &str, set: &NftSet) -> usize {
+        let msg = self.start(i, NFT_MSG_NEWSET, NLM_F_CREATE);
+        let id = self.set_ids.len() as u32 + 1;
+        self.set_ids.insert(name.to_string(), id);
+        let (addr_type, addr_len) = if set.key.is_v6() {
+            (TYPE_IPV6_ADDR, 16)
+        } else {
+            (TYPE_IPV4_ADDR, 4)
+        };
+        let concat = matches!(set.key, KeyType::Tuple4 | KeyType::Tuple6);
+        let mut flags = 0;
+        if set.interval {
+            flags |= NFT_SET_INTERVAL;
+            if concat {
+                flags |= NFT_SET_CONCAT;
+            }
+        }
+        let (key_type, key_len) = if concat {
+            (
+                (addr_type << 12) | (TYPE_INET_PROTO << 6) | TYPE_INET_SERVICE,
+                addr_len + 8,
+            )
+        } else {
+            (addr_type, addr_len)
+        };
+        self.w.attr_str(NFTA_SET_TABLE, self.table);
+        self.w.attr_str(NFTA_SET_NAME, name);
+        self.w.attr_u32(NFTA_SET_FLAGS, flags);
+        self.w.attr_u32(NFTA_SET_KEY_TYPE, key_type);
+        self.w.attr_u32(NFTA_SET_KEY_LEN, key_len);
+        self.w.attr_u32(NFTA_SET_ID, id);
+        if concat && set.interval {
+            let desc = self.w.nest_start(NFTA_SET_DESC);
+            let fields = self.w.nest_start(NFTA_SET_DESC_CONCAT);
+            for len in [addr_len, 1, 2] {
+                let f = self.w.nest_start(NFTA_LIST_ELEM);
+                self.w.attr_u32(NFTA_SET_FIELD_LEN, len);
+                self.w.nest_end(f);
+            }
+            self.w.nest_end(fields);
+            self.w.nest_end(desc);
+        }
+        let mut udata = Vec::with_capacity(32 + set.comment.len());
+        udata.extend_from_slice(if concat {
+            &UDATA_CONCAT_KEY[..]
+        } else {
+            &UDATA_ADDR_KEY[..]
+        });
+        // nft keeps comments below 128 characters (`render::short_comment`);
+        // the record's length is one byte.
+        let comment: &[u8] = &set.comment.as_bytes()[..set.comment.len().min(250)];
+        udata.push(UDATA_COMMENT);
+        udata.push(comment.len() as u8 + 1);
+        udata.extend_from_slice(comment);
+        udata.push(0);
+        self.w.attr(NFTA_SET_USERDATA, &udata);
+        self.w.msg_end(msg);
+        msg
+    }
+
+    /// `add rule` (appended), with the expressions nft makes of the rule.
+    fn new_rule(
+        &mut self,
+        i: usize,
+        chain: &str,
+        rule: &NftRule,
+        interval: &dyn Fn(&str) -> Option<bool>,
+    ) -> Result<usize, NftError> {
+        let msg = self.start(i, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
+        self.w.attr_str(NFTA_RULE_TABLE, self.table);
+        self.w.attr_str(NFTA_RULE_CHAIN, chain);
+        let list = self.w.nest_start(NFTA_RULE_EXPRESSIONS);
+        for c in &rule.conds {
+            match c {
+                Cond::AddrIn { v6, field, set } => {
+                    self.family(*v6);
+                    self.addr_load(*v6, *field);
+                    self.lookup(set);
+                }
+                Cond::TupleIn { v6, field, set } => {
+                    let Some(ranges) = interval(set) else {
+                        return Err(NftError::Netlink(format!(
+                            "rule in {chain} looks up set {set}, which the table will not have"
+                        )));
+                    };
+                    self.family(*v6);
+                    self.addr_load(*v6, *field);
+                    let (proto_reg, port_reg) = if *v6 {
+                        (NFT_REG_2, NFT_REG32_05)
+                    } else {
+                        (NFT_REG32_01, NFT_REG32_02)
+                    };
+                    self.expr("meta", |w| {
+                        w.attr_u32(2, NFT_META_L4PROTO); // NFTA_META_KEY
+                        w.attr_u32(1, proto_reg); // NFTA_META_DREG
+                    });
+                    if ranges {
+                        // What nft adds before a concatenated interval
+                        // lookup: the protocol byte in network order.
+                        self.expr("byteorder", |w| {
+                            w.attr_u32(1, proto_reg); // SREG
+                            w.attr_u32(2, proto_reg); // DREG
+                            w.attr_u32(3, NFT_BYTEORDER_HTON); // OP
+                            w.attr_u32(4, 1); // LEN
+                            w.attr_u32(5, 2); // SIZE
+                        });
+                    }
+                    self.expr("payload", |w| {
+                        w.attr_u32(1, port_reg); // DREG
+                        w.attr_u32(2, NFT_PAYLOAD_TRANSPORT_HEADER); // BASE
+                        w.attr_u32(3, 2); // OFFSET: destination port
+                        w.attr_u32(4, 2); // LEN
+                    });
+                    self.lookup(set);
+                }
+                Cond::FromLocalNode => {
+                    self.expr("fib", |w| {
+                        w.attr_u32(3, NFTA_FIB_F_SADDR); // FLAGS
+                        w.attr_u32(2, NFT_FIB_RESULT_ADDRTYPE); // RESULT
+                        w.attr_u32(1, NFT_REG_1); // DREG
+                    });
+                    self.cmp_eq(&RTN_LOCAL.to_ne_bytes());
+                }
+                other => {
+                    return Err(NftError::Netlink(format!(
+                        "only a full sync (nft) makes rules with {other:?}"
+                    )));
+                }
+            }
+        }
+        let verdict = match rule.action {
+            Action::Accept => NF_ACCEPT,
+            Action::CountDrop => {
+                self.expr("counter", |_| {});
+                NF_DROP
+            }
+            ref other => {
+                return Err(NftError::Netlink(format!(
+                    "only a full sync (nft) makes rules that {other:?}"
+                )));
+            }
+        };
+        self.expr("immediate", |w| {
+            w.attr_u32(1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
+            let data = w.nest_start(2); // NFTA_IMMEDIATE_DATA
+            let v = w.nest_start(NFTA_DATA_VERDICT);
+            w.attr(NFTA_VERDICT_CODE, &verdict.to_be_bytes());
+            w.nest_end(v);
+            w.nest_end(data);
+        });
+        self.w.nest_end(list);
+        self.w.msg_end(msg);
+        Ok(msg)
+    }
+
+    fn expr(&mut self, name: &str, data: impl FnOnce(&mut Writer)) {
+        let e = self.w.nest_start(NFTA_LIST_ELEM);
+        self.w.attr_str(NFTA_EXPR_NAME, name);
+        let d = self.w.nest_start(NFTA_EXPR_DATA);
+        data(&mut self.w);
+        self.w.nest_end(d);
+        self.w.nest_end(e);
+    }
+
+    /// `meta nfproto ipv4|ipv6`: the dependency nft adds in an inet table.
+    fn family(&mut self, v6: bool) {
+        self.expr("meta", |w| {
+            w.attr_u32(2, NFT_META_NFPROTO); // KEY
+            w.attr_u32(1, NFT_REG_1); // DREG
+        });
+        self.cmp_eq(&[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }]);
+    }
+
+    fn cmp_eq(&mut self, value: &[u8]) {
+        self.expr("cmp", |w| {
+            w.attr_u32(1, NFT_REG_1); // SREG
+            w.attr_u32(2, NFT_CMP_EQ); // OP
+            let d = w.nest_start(3); // DATA
+            w.attr(NFTA_DATA_VALUE, value);
+            w.nest_end(d);
+        });
+    }
+
+    /// The source or destination address into register 1.
+    fn addr_load(&mut self, v6: bool, field: AddrField) {
+        let (offset, len) = match (v6, field) {
+            (false, AddrField::Saddr) => (12, 4),
+            (false, AddrField::Daddr) => (16, 4),
+            (true, AddrField::Saddr) => (8, 16),
+            (true, AddrField::Daddr) => (24, 16),
+        };
+        self.expr("payload", |w| {
+            w.attr_u32(1, NFT_REG_1); // DREG
+            w.attr_u32(2, NFT_PAYLOAD_NETWORK_HEADER); // BASE
+            w.attr_u32(3, offset); // OFFSET
+            w.attr_u32(4, len); // LEN
+        });
+    }
+
+    /// Lookup of register 1 in `set` (by name; by id too when the set is
+    /// created in this batch).
+    fn lookup(&mut self, set: &str) {
+        let id = self.set_ids.get(set).copied();
+        self.expr("lookup", |w| {
+            w.attr_u32(2, NFT_REG_1); // NFTA_LOOKUP_SREG
+            w.attr_str(1, set); // NFTA_LOOKUP_SET
+            if let Some(id) = id {
+                w.attr_u32(4, id); // NFTA_LOOKUP_SET_ID
+            }
+        });
+    }
+
+    /// Writes an element update (one or more messages); returns the offset
+    /// of the last.
+    fn elements(&mut self, i: usize, op: &Op) -> Result<Option<usize>, NftError> {
+        let target = match op {
+            Op::AddElements { set, .. } => (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, set.as_str()),
+            Op::DeleteElements { set, .. } => (i, NFT_MSG_DELSETELEM, 0, set.as_str()),
+            Op::AddMapEntries { map, .. } => (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, map.as_str()),
+            Op::DeleteMapEntries { map, .. } => (i, NFT_MSG_DELSETELEM, 0, map.as_str()),
+            _ => unreachable!("only element updates come here"),
+        };
+        match op {
+            Op::AddElements {
+                set,
+                key,
+                interval,
+                elems,
+            }
+            | Op::DeleteElements {
+                set,
+                key,
+                interval,
+                elems,
+            } => {
+                for e in elems {
+                    let items = list_elems(*key, *interval, e).map_err(|why| {
+                        NftError::Netlink(format!("set {set}: element {e:?}: {why}"))
+                    })?;
+                    for item in items.iter().flatten() {
+                        self.item(target, |w| item.write(w, None));
+                    }
+                }
+            }
+            Op::AddMapEntries { entries, .. } => {
+                for (addr, chain) in entries {
+                    let item = ListElem::key(addr_bytes(*addr));
+                    self.item(target, |w| item.write(w, Some(chain)));
+                }
+            }
+            Op::DeleteMapEntries { keys, .. } => {
+                for addr in keys {
+                    let item = ListElem::key(addr_bytes(*addr));
+                    self.item(target, |w| item.write(w, None));
+                }
+            }
+            _ => unreachable!("only element updates come here"),
+        }
+        Ok(self.close())
+    }
+
     /// Writes one list element into the open message, or a new one when
     /// there is none or its list is full.
     fn item(&mut self, (i, ty, flags, set): Target<'_>, put: impl FnOnce(&mut Writer)) {
         let open = match self.list {
             Some((msg, nest)) if self.w.buf.len() - nest < LIST_LIMIT => (msg, nest),
             _ => {
-                self.close();
-                self.seq = self.seq.wrapping_add(1);
-                self.owners.push(i);
-                let msg = self.w.msg_start(
-                    (NFNL_SUBSYS_NFTABLES << 8) | ty,
-                    NLM_F_REQUEST | flags,
-                    self.seq,
-                    NFPROTO_INET,
-                    0,
-                );
+                let msg = self.start(i, ty, flags);
                 self.w.attr_str(NFTA_SET_ELEM_LIST_TABLE, self.table);
                 self.w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
                 (msg, self.w.nest_start(NFTA_SET_ELEM_LIST_ELEMENTS))
@@ -444,6 +830,11 @@ impl Writer {
         self.pad();
     }
 
+    /// A big-endian u32, as nf_tables attributes are.
+    fn attr_u32(&mut self, ty: u16, v: u32) {
+        self.attr(ty, &v.to_be_bytes());
+    }
+
     fn attr_str(&mut self, ty: u16, s: &str) {
         let mut z = Vec::with_capacity(s.len() + 1);
         z.extend_from_slice(s.as_bytes());
@@ -503,10 +894,12 @@ impl Netlink {
         })
     }
 
-    /// Sends `ops` (element updates only, see [`carries`]) as one
-    /// transaction on `table` and waits for the kernel's verdict.
-    pub fn apply(&mut self, table: &str, ops: &[Op]) -> Result<(), NftError> {
-        let batch = encode(table, ops, self.seq.wrapping_add(1))?;
+    /// Sends `ops` (see [`carries`]), which turn the table into `after`,
+    /// as one transaction and waits for the kernel's verdict.
+    pub fn apply(&mut self, after: &Ruleset, ops: &[Op]) -> Result<(), NftError> {
+        let table = after.table.as_str();
+        let interval = |set: &str| after.sets.get(set).map(|s| s.interval);
+        let batch = encode(table, ops, self.seq.wrapping_add(1), &interval)?;
         self.seq = batch.end_seq();
         if batch.owners.is_empty() {
             return Ok(());
@@ -735,7 +1128,7 @@ mod tests {
                 elems: vec![Elem::Addr(v4("10.0.0.2"))],
             },
         ];
-        let batch = encode("t", &ops, 7).unwrap();
+        let batch = encode("t", &ops, 7, &|_| None).unwrap();
         let mut msgs = Vec::new();
         let mut data = &batch.bytes[..];
         while !data.is_empty() {
@@ -777,15 +1170,24 @@ mod tests {
             interval: false,
             elems,
         }];
-        let batch = encode("t", &ops, 0).unwrap();
+        let batch = encode("t", &ops, 0, &|_| None).unwrap();
         assert!(batch.owners.len() > 1, "{} messages", batch.owners.len());
         assert!(batch.owners.iter().all(|o| *o == 0));
     }
 
     #[test]
-    fn other_ops_do_not_go_over_netlink() {
+    fn table_maps_and_base_chain_rules_do_not_go_over_netlink() {
         assert!(carries(&[]));
-        assert!(!carries(&[Op::FlushChain("c".into())]));
-        assert!(encode("t", &[Op::AddTable], 0).is_err());
+        assert!(carries(&[Op::FlushChain("c".into())]));
+        assert!(!carries(&[Op::AddTable]));
+        let jump = NftRule {
+            conds: vec![],
+            action: Action::Jump("x".into()),
+        };
+        assert!(!carries(&[Op::AddRule {
+            chain: "c".into(),
+            rule: jump,
+        }]));
+        assert!(encode("t", &[Op::AddTable], 0, &|_| None).is_err());
     }
 }

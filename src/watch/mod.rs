@@ -58,7 +58,7 @@ pub struct RunConfig {
     pub resync_period: Duration,
     pub min_sync_interval: Duration,
     pub nft: Nft,
-    /// Element-only transactions over netlink (opened at start), or `None`
+    /// Incremental transactions over netlink (opened at start), or `None`
     /// for all of them through `nft`.
     pub netlink: Option<NetlinkAt>,
 }
@@ -435,12 +435,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     if let Some(at) = &cfg.netlink {
         let socket = Netlink::open(at.netns.as_deref()).map_err(|e| {
             anyhow::anyhow!(
-                "{e} (the socket for element updates; --element-updates=nft sends them through nft instead)"
+                "{e} (the socket incremental changes go over; --changes-via=nft sends them through nft instead)"
             )
         })?;
         syncer = syncer.with_netlink(socket);
         info!(
-            "element updates go over nftpol's nf_tables netlink socket; other changes through nft"
+            "incremental changes go over nftpol's nf_tables netlink socket; full replacements of the table through nft"
         );
     }
     let client = client(cfg.kubeconfig.as_ref()).await?;
