@@ -779,7 +779,7 @@ fn print_size(out: &mut String, c: &Col, skipped: Option<&String>) {
     let _ = writeln!(
         out,
         "\nOne change (median of {}): apply = Syncer::sync of the rendered ruleset \
-         (diff + one transaction: over netlink when it only updates elements, else through nft); \
+         (diff + one transaction over netlink, as the controller sends it; nft alone and netlink alone: the same batch apart); \
          end to end = compile + render + apply.\n",
         r.incr
     );
