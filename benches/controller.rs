@@ -1615,7 +1615,9 @@ fn profile(what: &str) {
         String::new(),
     );
     let c = inc.compile();
-    let rs = render(&c.plan, TABLE);
+    // Kept between syncs, as the controller keeps it.
+    let mut renderer = Renderer::default();
+    let rs = renderer.render(&c.plan, TABLE);
     let full_ops = ops::full(&rs);
     let doc = json::batch(TABLE, &full_ops);
     let bytes = serde_json::to_vec(&doc).expect("serialize");
@@ -1649,10 +1651,21 @@ fn profile(what: &str) {
     let mut inc = change.apply(Some(inc), NODE);
     let c = inc.compile();
     let t_compile = t.elapsed();
-    let rs2 = render(&c.plan, TABLE);
+    let p_compile = PEAK.load(Ordering::Relaxed) - base;
+    let rs2 = renderer.render(&c.plan, TABLE);
+    let p_render = PEAK.load(Ordering::Relaxed) - base;
     let d = ops::diff(&rs, &rs2).expect("diff");
+    let p_diff = PEAK.load(Ordering::Relaxed) - base;
     let doc = json::batch(TABLE, &d.ops);
     let peak_incr = PEAK.load(Ordering::Relaxed) - base;
+    eprintln!(
+        "incremental peaks: change in + compile {}, + render {}, + diff {}, + batch {}; live after {}",
+        mb(p_compile),
+        mb(p_render),
+        mb(p_diff),
+        mb(peak_incr),
+        mb(LIVE.load(Ordering::Relaxed) - base)
+    );
     drop((doc, d, rs2, c, added));
     row(
         "peak of an incremental sync (a pod added)",

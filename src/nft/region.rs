@@ -26,20 +26,22 @@ use super::model::Elem;
 /// Inclusive address span, as numbers of one family.
 pub type Span = (u128, u128);
 
-/// Sorts and merges spans that overlap or touch.
+/// Sorts and merges spans that overlap or touch, in place (a peer set's
+/// spans can be 100k long: no second copy).
 pub fn normalize(mut spans: Vec<Span>) -> Vec<Span> {
     spans.sort_unstable();
-    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
-    for (lo, hi) in spans {
-        if let Some(last) = out.last_mut()
-            && lo <= last.1.saturating_add(1)
-        {
-            last.1 = last.1.max(hi);
-            continue;
+    let mut len = 0;
+    for i in 0..spans.len() {
+        let (lo, hi) = spans[i];
+        if len > 0 && lo <= spans[len - 1].1.saturating_add(1) {
+            spans[len - 1].1 = spans[len - 1].1.max(hi);
+        } else {
+            spans[len] = (lo, hi);
+            len += 1;
         }
-        out.push((lo, hi));
     }
-    out
+    spans.truncate(len);
+    spans
 }
 
 /// `a` minus `b`, both normalized.
@@ -129,10 +131,20 @@ impl Builder {
     pub fn build(self) -> Region {
         let mut keys = BTreeMap::new();
         for (key, pieces) in self.pieces {
-            let pieces: Vec<((u16, u16), Vec<Span>)> = pieces
+            let mut pieces: Vec<((u16, u16), Vec<Span>)> = pieces
                 .into_iter()
                 .map(|(p, spans)| (p, normalize(spans)))
                 .collect();
+            if let [((lo, hi), spans)] = pieces.as_mut_slice() {
+                // One piece is one class (the common case: no copy of a
+                // large peer set's spans).
+                let mut classes: Classes = Vec::new();
+                push_class(&mut classes, *lo, *hi, std::mem::take(spans));
+                if !classes.is_empty() {
+                    keys.insert(key, classes);
+                }
+                continue;
+            }
             let mut bounds: Vec<u32> = pieces
                 .iter()
                 .flat_map(|((lo, hi), _)| [*lo as u32, *hi as u32 + 1])
@@ -207,15 +219,20 @@ impl Region {
     /// The canonical elements: addresses and address ranges for the
     /// address-only part, boxes for the rest.
     pub fn elems(&self) -> Vec<Elem> {
-        let mut out = Vec::new();
-        for (key, classes) in &self.keys {
-            for (lo, hi, spans) in classes {
-                for &(a, b) in spans {
+        self.iter_elems().collect()
+    }
+
+    /// [`elems`](Self::elems) one by one.
+    pub fn iter_elems(&self) -> impl Iterator<Item = Elem> + '_ {
+        let v4 = !self.v6;
+        self.keys.iter().flat_map(move |(key, classes)| {
+            classes.iter().flat_map(move |(lo, hi, spans)| {
+                spans.iter().map(move |&(a, b)| {
                     let addrs = IpRange {
-                        start: from_u128(a, !self.v6),
-                        end: from_u128(b, !self.v6),
+                        start: from_u128(a, v4),
+                        end: from_u128(b, v4),
                     };
-                    out.push(match key {
+                    match key {
                         None if a == b => Elem::Addr(addrs.start),
                         None => Elem::Range(addrs.start, addrs.end),
                         Some(proto) => Elem::Box {
@@ -223,11 +240,10 @@ impl Region {
                             proto: *proto,
                             ports: (*lo, *hi),
                         },
-                    });
-                }
-            }
-        }
-        out
+                    }
+                })
+            })
+        })
     }
 
     /// Whether the element lies wholly inside the region.

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::compiler::plan::{
     AddrSet, AddrSetKind, Match, PodChain, PolicyChain, PolicyId, PortSet, SetId,
@@ -110,14 +110,17 @@ pub struct Renderer {
     lists: HashMap<(String, bool), (Inputs, Parts)>,
 }
 
-/// What one allow-list was merged from. The sets are held, so that a
-/// pointer compared later still names the same set.
+/// What one allow-list was merged from. The sets are held weakly: a
+/// pointer compared later still names the same set (the allocation stays
+/// while a `Weak` does), and the compiler, holding the only strong
+/// reference between syncs, changes a set in place instead of copying it
+/// (a set of every pod: 100k addresses) for each pod that joins it.
 #[derive(Debug)]
 struct Inputs {
     ips: Vec<IpAddr>,
     policies: Vec<(ObjectKey, Option<Vec<Match>>)>,
-    addr_sets: Vec<Option<Arc<AddrSet>>>,
-    port_sets: Vec<Option<Arc<PortSet>>>,
+    addr_sets: Vec<Option<Weak<AddrSet>>>,
+    port_sets: Vec<Option<Weak<PortSet>>>,
 }
 
 impl Inputs {
@@ -143,10 +146,10 @@ impl Inputs {
                     addr_sets.push(
                         m.peer
                             .as_ref()
-                            .and_then(|id| plan.addr_sets.get(id).cloned()),
+                            .and_then(|id| plan.addr_sets.get(id).map(Arc::downgrade)),
                     );
                     if let PortMatch::Named(id) = &m.ports {
-                        port_sets.push(plan.port_sets.get(id).cloned());
+                        port_sets.push(plan.port_sets.get(id).map(Arc::downgrade));
                     }
                 }
             }
@@ -197,9 +200,9 @@ impl Inputs {
 }
 
 /// Whether a held set is the one the plan has now (both absent counts).
-fn same<T>(held: Option<&Option<Arc<T>>>, now: Option<&Arc<T>>) -> bool {
+fn same<T>(held: Option<&Option<Weak<T>>>, now: Option<&Arc<T>>) -> bool {
     match (held, now) {
-        (Some(Some(h)), Some(n)) => Arc::ptr_eq(h, n),
+        (Some(Some(h)), Some(n)) => std::ptr::eq(h.as_ptr(), Arc::as_ptr(n)),
         (Some(None), None) => true,
         _ => false,
     }
@@ -219,6 +222,7 @@ impl Renderer {
                 return parts.clone();
             }
             let peers = peers.get_or_insert_with(|| PeerSets::new(plan));
+            peers.load(pod);
             let parts = allow_list(plan, peers, pod, v6);
             self.lists
                 .insert(key, (Inputs::of(plan, pod), parts.clone()));
@@ -418,36 +422,61 @@ fn tuple_cond(v6: bool, field: AddrField, set: &str) -> Cond {
 }
 
 /// The plan's address sets as normalized spans per family (neighbouring
-/// pod addresses merge), computed once per render.
+/// pod addresses merge), computed once per render and only for the sets
+/// the allow-lists merged again read (one pod added: a few sets, not the
+/// 178k addresses of them all at 100k pods).
 struct PeerSets<'a> {
+    plan: &'a Plan,
     spans: HashMap<&'a str, [Vec<Span>; 2]>,
 }
 
 impl<'a> PeerSets<'a> {
     fn new(plan: &'a Plan) -> Self {
-        let spans = plan
-            .addr_sets
-            .iter()
-            .map(|(id, set)| {
-                let mut fams: [Vec<Span>; 2] = [Vec::new(), Vec::new()];
-                match &set.kind {
-                    AddrSetKind::Hosts(h) => {
-                        for ip in h {
-                            let n = to_u128(*ip);
-                            fams[ip.is_ipv6() as usize].push((n, n));
-                        }
-                    }
-                    AddrSetKind::Ranges(r) => {
-                        for r in r {
-                            fams[r.start.is_ipv6() as usize]
-                                .push((to_u128(r.start), to_u128(r.end)));
-                        }
+        Self {
+            plan,
+            spans: HashMap::new(),
+        }
+    }
+
+    /// Computes the spans of the sets the lines of `pod` name.
+    fn load(&mut self, pod: &PodChain) {
+        let plan = self.plan;
+        for m in Inputs::lines(plan, pod).flatten().flat_map(|c| &c.matches) {
+            let Some((id, set)) = m
+                .peer
+                .as_ref()
+                .and_then(|id| plan.addr_sets.get_key_value(id))
+            else {
+                continue;
+            };
+            self.spans
+                .entry(id.as_str())
+                .or_insert_with(|| Self::spans_of(set));
+        }
+    }
+
+    fn spans_of(set: &AddrSet) -> [Vec<Span>; 2] {
+        let mut fams: [Vec<Span>; 2] = [Vec::new(), Vec::new()];
+        match &set.kind {
+            AddrSetKind::Hosts(h) => {
+                // In order, each family apart: merged as they come.
+                for ip in h {
+                    let n = to_u128(*ip);
+                    let fam = &mut fams[ip.is_ipv6() as usize];
+                    match fam.last_mut() {
+                        Some(last) if n <= last.1.saturating_add(1) => last.1 = last.1.max(n),
+                        _ => fam.push((n, n)),
                     }
                 }
-                (id.as_str(), fams.map(normalize))
-            })
-            .collect();
-        Self { spans }
+                fams
+            }
+            AddrSetKind::Ranges(r) => {
+                for r in r {
+                    fams[r.start.is_ipv6() as usize].push((to_u128(r.start), to_u128(r.end)));
+                }
+                fams.map(normalize)
+            }
+        }
     }
 
     /// A line's peers in one family: every address when it names none, and
@@ -521,7 +550,7 @@ fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, v6: bool) -> Parts 
     }
     let mut parts: BTreeMap<Part, BTreeSet<Elem>> =
         Part::ALL.iter().map(|p| (*p, BTreeSet::new())).collect();
-    for e in b.build().elems() {
+    for e in b.build().iter_elems() {
         parts
             .get_mut(&Part::of(&e))
             .expect("every part is present")
