@@ -230,6 +230,7 @@ pub fn encode(
         owners: Vec::new(),
         list: None,
         set_ids: BTreeMap::new(),
+        last: None,
     };
     let begin = enc.w.msg_start(
         NFNL_MSG_BATCH_BEGIN,
@@ -239,70 +240,92 @@ pub fn encode(
         NFNL_SUBSYS_NFTABLES,
     );
     enc.w.msg_end(begin);
-    let mut last_msg = None;
     for (i, op) in ops.iter().enumerate() {
-        let msg = match op {
-            Op::AddElements { .. }
-            | Op::DeleteElements { .. }
-            | Op::AddMapEntries { .. }
-            | Op::DeleteMapEntries { .. } => enc.elements(i, op)?,
-            Op::AddSet { name, set } => {
-                let msg = enc.new_set(i, name, set);
-                if set.elements.is_empty() {
-                    Some(msg)
-                } else {
-                    let fill = Op::AddElements {
-                        set: name.clone(),
-                        key: set.key,
-                        interval: set.interval,
-                        elems: set.elements.iter().cloned().collect(),
-                    };
-                    enc.elements(i, &fill)?
+        match op {
+            Op::AddElements {
+                set,
+                key,
+                interval,
+                elems,
+            } => enc.set_elements(
+                (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, set),
+                *key,
+                *interval,
+                elems,
+            )?,
+            Op::DeleteElements {
+                set,
+                key,
+                interval,
+                elems,
+            } => enc.set_elements((i, NFT_MSG_DELSETELEM, 0, set), *key, *interval, elems)?,
+            Op::AddMapEntries { map, entries } => {
+                for (addr, chain) in entries {
+                    let item = ListElem::key(addr_bytes(*addr));
+                    enc.item((i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, map), |w| {
+                        item.write(w, Some(chain))
+                    });
                 }
+                enc.close();
+            }
+            Op::DeleteMapEntries { map, keys } => {
+                for addr in keys {
+                    let item = ListElem::key(addr_bytes(*addr));
+                    enc.item((i, NFT_MSG_DELSETELEM, 0, map), |w| item.write(w, None));
+                }
+                enc.close();
+            }
+            Op::AddSet { name, set } => {
+                enc.new_set(i, name, set);
+                enc.set_elements(
+                    (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, name),
+                    set.key,
+                    set.interval,
+                    set.elements.iter(),
+                )?;
             }
             Op::DeleteSet(name) => {
-                Some(enc.named(i, NFT_MSG_DELSET, 0, NFTA_SET_TABLE, NFTA_SET_NAME, name))
+                enc.named(i, NFT_MSG_DELSET, 0, NFTA_SET_TABLE, NFTA_SET_NAME, name)
             }
-            Op::AddChain { name, hook: None } => Some(enc.named(
+            Op::AddChain { name, hook: None } => enc.named(
                 i,
                 NFT_MSG_NEWCHAIN,
                 NLM_F_CREATE,
                 NFTA_CHAIN_TABLE,
                 NFTA_CHAIN_NAME,
                 name,
-            )),
-            Op::DeleteChain(name) => Some(enc.named(
+            ),
+            Op::DeleteChain(name) => enc.named(
                 i,
                 NFT_MSG_DELCHAIN,
                 0,
                 NFTA_CHAIN_TABLE,
                 NFTA_CHAIN_NAME,
                 name,
-            )),
+            ),
             // A rule deletion naming only the chain deletes all its rules.
-            Op::FlushChain(name) => Some(enc.named(
+            Op::FlushChain(name) => enc.named(
                 i,
                 NFT_MSG_DELRULE,
                 0,
                 NFTA_RULE_TABLE,
                 NFTA_RULE_CHAIN,
                 name,
-            )),
+            ),
             Op::AddRule { chain, rule } if rule_encodable(rule) => {
-                Some(enc.new_rule(i, chain, rule, interval)?)
+                enc.new_rule(i, chain, rule, interval)?
             }
             other => {
                 return Err(NftError::Netlink(format!(
                     "only a full sync (nft) does this: {other:?}"
                 )));
             }
-        };
-        last_msg = msg.or(last_msg);
+        }
     }
     // The last command asks for an acknowledgement: with no error before
     // it, the kernel has processed the whole batch.
     let mut w = enc.w;
-    if let Some(msg) = last_msg {
+    if let Some(msg) = enc.last {
         let flags = u16::from_ne_bytes([w.buf[msg + 6], w.buf[msg + 7]]) | NLM_F_ACK;
         w.buf[msg + 6..msg + 8].copy_from_slice(&flags.to_ne_bytes());
     }
@@ -335,6 +358,8 @@ struct Encoder<'a> {
     list: Option<(usize, usize)>,
     /// Sets created in this batch, by name: their ids.
     set_ids: BTreeMap<String, u32>,
+    /// The last command message started, by offset.
+    last: Option<usize>,
 }
 
 impl Encoder<'_> {
@@ -343,13 +368,15 @@ impl Encoder<'_> {
         self.close();
         self.seq = self.seq.wrapping_add(1);
         self.owners.push(i);
-        self.w.msg_start(
+        let msg = self.w.msg_start(
             (NFNL_SUBSYS_NFTABLES << 8) | ty,
             NLM_F_REQUEST | flags,
             self.seq,
             NFPROTO_INET,
             0,
-        )
+        );
+        self.last = Some(msg);
+        msg
     }
 
     /// A message that names the table and one object.
@@ -361,17 +388,16 @@ impl Encoder<'_> {
         table_attr: u16,
         name_attr: u16,
         name: &str,
-    ) -> usize {
+    ) {
         let msg = self.start(i, ty, flags);
         self.w.attr_str(table_attr, self.table);
         self.w.attr_str(name_attr, name);
         self.w.msg_end(msg);
-        msg
     }
 
     /// `add set`, as nft sends it (flags, key type and length, the field
     /// lengths of a concatenated interval key, user data for `nft list`).
-    fn new_set(&mut self, i: usize, name: &str, set: &NftSet) -> usize {
+    fn new_set(&mut self, i: usize, name: &str, set: &NftSet) {
         let msg = self.start(i, NFT_MSG_NEWSET, NLM_F_CREATE);
         let id = self.set_ids.len() as u32 + 1;
         self.set_ids.insert(name.to_string(), id);
@@ -428,7 +454,6 @@ impl Encoder<'_> {
         udata.push(0);
         self.w.attr(NFTA_SET_USERDATA, &udata);
         self.w.msg_end(msg);
-        msg
     }
 
     /// `add rule` (appended), with the expressions nft makes of the rule.
@@ -438,7 +463,7 @@ impl Encoder<'_> {
         chain: &str,
         rule: &NftRule,
         interval: &dyn Fn(&str) -> Option<bool>,
-    ) -> Result<usize, NftError> {
+    ) -> Result<(), NftError> {
         let msg = self.start(i, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
         self.w.attr_str(NFTA_RULE_TABLE, self.table);
         self.w.attr_str(NFTA_RULE_CHAIN, chain);
@@ -523,7 +548,7 @@ impl Encoder<'_> {
         });
         self.w.nest_end(list);
         self.w.msg_end(msg);
-        Ok(msg)
+        Ok(())
     }
 
     fn expr(&mut self, name: &str, data: impl FnOnce(&mut Writer)) {
@@ -583,53 +608,24 @@ impl Encoder<'_> {
         });
     }
 
-    /// Writes an element update (one or more messages); returns the offset
-    /// of the last.
-    fn elements(&mut self, i: usize, op: &Op) -> Result<Option<usize>, NftError> {
-        let target = match op {
-            Op::AddElements { set, .. } => (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, set.as_str()),
-            Op::DeleteElements { set, .. } => (i, NFT_MSG_DELSETELEM, 0, set.as_str()),
-            Op::AddMapEntries { map, .. } => (i, NFT_MSG_NEWSETELEM, NLM_F_CREATE, map.as_str()),
-            Op::DeleteMapEntries { map, .. } => (i, NFT_MSG_DELSETELEM, 0, map.as_str()),
-            _ => unreachable!("only element updates come here"),
-        };
-        match op {
-            Op::AddElements {
-                set,
-                key,
-                interval,
-                elems,
+    /// Adds or deletes `elems` of a set (one or more messages).
+    fn set_elements<'e>(
+        &mut self,
+        target: Target<'_>,
+        key: KeyType,
+        interval: bool,
+        elems: impl IntoIterator<Item = &'e Elem>,
+    ) -> Result<(), NftError> {
+        for e in elems {
+            let items = list_elems(key, interval, e).map_err(|why| {
+                NftError::Netlink(format!("set {}: element {e:?}: {why}", target.3))
+            })?;
+            for item in items.iter().flatten() {
+                self.item(target, |w| item.write(w, None));
             }
-            | Op::DeleteElements {
-                set,
-                key,
-                interval,
-                elems,
-            } => {
-                for e in elems {
-                    let items = list_elems(*key, *interval, e).map_err(|why| {
-                        NftError::Netlink(format!("set {set}: element {e:?}: {why}"))
-                    })?;
-                    for item in items.iter().flatten() {
-                        self.item(target, |w| item.write(w, None));
-                    }
-                }
-            }
-            Op::AddMapEntries { entries, .. } => {
-                for (addr, chain) in entries {
-                    let item = ListElem::key(addr_bytes(*addr));
-                    self.item(target, |w| item.write(w, Some(chain)));
-                }
-            }
-            Op::DeleteMapEntries { keys, .. } => {
-                for addr in keys {
-                    let item = ListElem::key(addr_bytes(*addr));
-                    self.item(target, |w| item.write(w, None));
-                }
-            }
-            _ => unreachable!("only element updates come here"),
         }
-        Ok(self.close())
+        self.close();
+        Ok(())
     }
 
     /// Writes one list element into the open message, or a new one when
@@ -648,12 +644,12 @@ impl Encoder<'_> {
         self.list = Some(open);
     }
 
-    /// Ends the open message; returns its offset.
-    fn close(&mut self) -> Option<usize> {
-        let (msg, nest) = self.list.take()?;
-        self.w.nest_end(nest);
-        self.w.msg_end(msg);
-        Some(msg)
+    /// Ends the open element message, if any.
+    fn close(&mut self) {
+        if let Some((msg, nest)) = self.list.take() {
+            self.w.nest_end(nest);
+            self.w.msg_end(msg);
+        }
     }
 }
 
