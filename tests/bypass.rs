@@ -91,6 +91,7 @@ impl World {
             .values()
             .map(|p| PortAddrs {
                 port: p.veth().to_string(),
+                ifindex: 0,
                 addrs: p.ips(),
             })
             .collect();
@@ -112,6 +113,7 @@ impl World {
             &binding,
             &isolated(Direction::Ingress),
             &isolated(Direction::Egress),
+            &mut BTreeSet::new(),
         );
         self.node
             .nft()

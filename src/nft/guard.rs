@@ -32,18 +32,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use super::{Nft, NftError};
+
 /// A port of a pod bridge as the kernel shows it: its name (what nft's
-/// `iifname` sees) and the addresses configured on its peer.
+/// `iifname` sees), its ifindex and the addresses configured on its peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortAddrs {
     pub port: String,
+    pub ifindex: u32,
     pub addrs: Vec<IpAddr>,
 }
 
 /// What the guard enforces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Guard {
-    /// Every port of the pod bridges, bound or not.
+    /// The guarded ports: every port an address was ever bound to, while
+    /// it exists (so a pod that drops its address from its interface stays
+    /// guarded, and sends nothing). A port never bound, a pod nftpol has
+    /// not seen in the API yet, is not guarded: it is as unknown to nftpol
+    /// as its pod (`--unknown-local-pods`, issue #16, closes that window).
     pub ports: BTreeSet<String>,
     /// Port → the pod addresses bound to it.
     pub bound: BTreeMap<String, BTreeSet<IpAddr>>,
@@ -108,16 +115,27 @@ impl Guard {
     /// The guard for these ports and bindings; a port is isolated in a
     /// direction when an address bound to it is (`isolated_*` hold the
     /// addresses of pods isolated in that direction).
+    ///
+    /// `guarded` holds the (name, ifindex) of the ports guarded before; on
+    /// return it holds those of this guard.
     pub fn new(
         ports: &[PortAddrs],
         binding: &Binding,
         isolated_in: &BTreeSet<IpAddr>,
         isolated_eg: &BTreeSet<IpAddr>,
+        guarded: &mut BTreeSet<(String, u32)>,
     ) -> Self {
+        let bound: BTreeSet<&str> = binding.port_of.values().map(String::as_str).collect();
+        let now: BTreeSet<(String, u32)> = ports
+            .iter()
+            .map(|p| (p.port.clone(), p.ifindex))
+            .filter(|p| bound.contains(p.0.as_str()) || guarded.contains(p))
+            .collect();
         let mut g = Guard {
-            ports: ports.iter().map(|p| p.port.clone()).collect(),
+            ports: now.iter().map(|(name, _)| name.clone()).collect(),
             ..Guard::default()
         };
+        *guarded = now;
         for (addr, port) in &binding.port_of {
             g.bound.entry(port.clone()).or_default().insert(*addr);
             if isolated_in.contains(addr) {
@@ -225,6 +243,50 @@ pub fn removal_text(table: &str) -> String {
     format!("table bridge {table}\ndelete table bridge {table}\n")
 }
 
+/// Keeps `table bridge TABLE` equal to the wanted guard: replaced whole,
+/// in one transaction, whenever it changes (it changes only when local
+/// pods, their ports or their isolation do, and is small: a few elements
+/// per local pod).
+#[derive(Debug)]
+pub struct GuardSyncer {
+    nft: Nft,
+    table: String,
+    applied: Option<Guard>,
+}
+
+impl GuardSyncer {
+    pub fn new(nft: Nft, table: impl Into<String>) -> Self {
+        Self {
+            nft,
+            table: table.into(),
+            applied: None,
+        }
+    }
+
+    /// Makes the kernel hold `want`; `Ok(false)` when it already did.
+    /// `full` replaces it even so (periodic resync: repairs changes made
+    /// by hand). A failed replacement changes nothing and is tried again
+    /// at the next sync.
+    pub fn sync(&mut self, want: &Guard, full: bool) -> Result<bool, NftError> {
+        if !full && self.applied.as_ref() == Some(want) {
+            return Ok(false);
+        }
+        self.applied = None;
+        self.nft
+            .run(&["-f", "-"], Some(want.to_text(&self.table).as_bytes()))?;
+        self.applied = Some(want.clone());
+        Ok(true)
+    }
+
+    /// Removes the table (if present) and forgets what was applied.
+    pub fn remove(&mut self) -> Result<(), NftError> {
+        self.applied = None;
+        self.nft
+            .run(&["-f", "-"], Some(removal_text(&self.table).as_bytes()))
+            .map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +298,7 @@ mod tests {
     fn port(name: &str, addrs: &[&str]) -> PortAddrs {
         PortAddrs {
             port: name.into(),
+            ifindex: name.len() as u32,
             addrs: addrs.iter().map(|a| ip(a)).collect(),
         }
     }
@@ -291,11 +354,55 @@ mod tests {
             &b,
             &BTreeSet::from([ip("10.244.1.11")]),
             &BTreeSet::new(),
+            &mut BTreeSet::new(),
         );
         assert_eq!(g.isolated_in, BTreeSet::from(["veth1".to_string()]));
         assert!(g.isolated_eg.is_empty());
         let text = g.to_text("nftpol");
         assert!(text.contains("\"veth0\" . 10.244.1.10"), "{text}");
         assert!(text.starts_with("table bridge nftpol\ndelete table bridge nftpol\n"));
+    }
+
+    #[test]
+    fn a_port_stays_guarded_once_bound_and_an_unknown_one_is_not_guarded() {
+        let local = BTreeSet::from([ip("10.244.1.10")]);
+        let mut guarded = BTreeSet::new();
+        let none = BTreeSet::new();
+        let ports = [
+            port("veth0", &["10.244.1.10"]),
+            port("veth1", &["10.244.1.20"]),
+        ];
+        let g = Guard::new(
+            &ports,
+            &bind(&ports, &local, &BTreeMap::new()),
+            &none,
+            &none,
+            &mut guarded,
+        );
+        assert_eq!(
+            g.ports,
+            BTreeSet::from(["veth0".to_string()]),
+            "veth1's pod is unknown"
+        );
+        // The pod drops its address: its port stays guarded, with nothing bound.
+        let ports = [port("veth0", &[]), port("veth1", &["10.244.1.20"])];
+        let g = Guard::new(
+            &ports,
+            &bind(&ports, &local, &BTreeMap::new()),
+            &none,
+            &none,
+            &mut guarded,
+        );
+        assert_eq!(g.ports, BTreeSet::from(["veth0".to_string()]));
+        assert!(g.bound.is_empty());
+        // Gone from the kernel: forgotten.
+        let g = Guard::new(
+            &ports[1..],
+            &bind(&ports[1..], &local, &BTreeMap::new()),
+            &none,
+            &none,
+            &mut guarded,
+        );
+        assert!(g.ports.is_empty() && guarded.is_empty());
     }
 }

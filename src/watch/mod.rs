@@ -21,9 +21,11 @@
 //! signal (`/status`) needs exactly those to be right for idle kinds and
 //! after a relist.
 
+pub mod guard;
 pub mod http;
 pub mod list;
 pub mod metrics;
+pub mod ports;
 mod reconcile;
 pub mod store;
 
@@ -61,6 +63,11 @@ pub struct RunConfig {
     /// Incremental transactions over netlink (opened at start), or `None`
     /// for all of them through `nft`.
     pub netlink: Option<NetlinkAt>,
+    /// The network namespace nftpol enforces in (a file such as
+    /// `/run/netns/NAME`); `None`: its own.
+    pub netns: Option<PathBuf>,
+    /// Bridges whose ports get the port guard; empty: no guard.
+    pub pod_bridges: std::collections::BTreeSet<String>,
 }
 
 /// Where to open the netlink socket.
@@ -207,6 +214,8 @@ pub struct Shared {
     status: Mutex<SyncStatus>,
     /// Watchers currently failing (kind names).
     watch_errors: Mutex<BTreeMap<&'static str, String>>,
+    /// Why the port guard could not be updated, while it cannot.
+    guard_error: Mutex<Option<String>>,
 }
 
 impl Default for Shared {
@@ -218,6 +227,7 @@ impl Default for Shared {
             pending_since: Mutex::new(None),
             status: Mutex::new(SyncStatus::default()),
             watch_errors: Mutex::new(BTreeMap::new()),
+            guard_error: Mutex::new(None),
         }
     }
 }
@@ -270,12 +280,19 @@ impl Shared {
         if let Some((kind, e)) = errors.iter().next() {
             return Err(format!("watch of {kind} failing: {e}"));
         }
+        if let Some(e) = &*self.guard_error.lock().expect("lock") {
+            return Err(e.clone());
+        }
         let st = self.status();
         match (&st.last_error, st.syncs) {
             (Some(e), _) => Err(format!("last sync failed: {e}")),
             (None, 0) => Err("no sync yet".into()),
             (None, _) => Ok(()),
         }
+    }
+
+    fn set_guard_error(&self, error: Option<String>) {
+        *self.guard_error.lock().expect("lock") = error;
     }
 
     fn set_watch_error(&self, kind: &'static str, error: Option<String>) {

@@ -5,6 +5,7 @@
 //! at the first sync, after a relist and at every periodic full resync.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
+use super::guard::PortGuard;
 use super::metrics::{SyncKind, SyncLabels};
 use super::{RunConfig, Shared};
 use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
@@ -40,6 +42,10 @@ pub struct SyncStatus {
     pub failed_syncs: u64,
     /// The error of the last sync, when it failed.
     pub last_error: Option<String>,
+    /// Ports of the pod bridges the port guard holds.
+    pub guarded_ports: usize,
+    /// Local pod addresses no port carries yet.
+    pub unbound_addresses: usize,
     /// Size of the applied table.
     pub chains: usize,
     pub rules: usize,
@@ -78,6 +84,20 @@ pub async fn run(
     let mut retry_at: Option<Instant> = None;
     let mut reported: HashSet<(String, i64)> = HashSet::new();
     let mut logged_sync_wait = false;
+    let mut guard = if cfg.pod_bridges.is_empty() {
+        warn!("no pod bridges (--pod-bridges): no port guard; a pod can forge another's address");
+        None
+    } else {
+        Some(PortGuard::new(
+            cfg.pod_bridges.clone(),
+            cfg.netns.clone(),
+            cfg.nft.clone(),
+            &cfg.table,
+        ))
+    };
+    // Local pod addresses no port carries yet: looked for again, backing off.
+    let mut unbound: Vec<IpAddr> = Vec::new();
+    let mut unbound_tries: u32 = 0;
 
     loop {
         let mut full = false;
@@ -131,10 +151,14 @@ pub async fn run(
         let mut r = renderer
             .take()
             .expect("the renderer is put back after each sync");
+        let mut g = guard.take();
         // Compile and apply off the async threads: nft is a blocking exec.
-        let (s, c, r, compiled, result) = tokio::task::spawn_blocking(move || {
+        let (s, c, r, g, guarded, compiled, result) = tokio::task::spawn_blocking(move || {
             let mut c = delta.apply(c, &node);
             let compiled = c.compile();
+            // Ports first: a pod that just got its address can send once
+            // both tables have it.
+            let guarded = g.as_mut().map(|g| g.sync(&compiled.plan, full));
             let rs = r.render(&compiled.plan, &table);
             // On a thread of its own: the batch document of a full sync is
             // large and short-lived (~70 MiB for 180k set elements), and
@@ -146,13 +170,43 @@ pub async fn run(
                 let sync = scope.spawn(|| s.sync(rs));
                 sync.join().expect("the sync thread does not panic")
             });
-            (s, c, r, compiled, result)
+            (s, c, r, g, guarded, compiled, result)
         })
         .await
         .expect("sync task does not panic");
         syncer = Some(s);
         compiler = Some(c);
         renderer = Some(r);
+        guard = g;
+        match guarded {
+            None => {}
+            Some(Err(e)) => {
+                error!(error = %e, "port guard not updated; the kernel keeps the previous one");
+                shared.set_guard_error(Some(e));
+                unbound_tries += 1;
+                retry_at = Some(Instant::now() + retry_delay(unbound_tries));
+            }
+            Some(Ok(report)) => {
+                shared.set_guard_error(None);
+                for (addr, ports) in &report.contested {
+                    warn!(%addr, ?ports, "several ports carry one pod address; it stays bound to the port that had it, if any");
+                }
+                if report.unbound != unbound && !report.unbound.is_empty() {
+                    let some = &report.unbound[..report.unbound.len().min(8)];
+                    warn!(count = report.unbound.len(), first = ?some, "pod addresses no port carries yet: those pods send nothing until their port is found");
+                }
+                if report.unbound.is_empty() {
+                    unbound_tries = 0;
+                } else {
+                    unbound_tries += 1;
+                    retry_at = Some(Instant::now() + retry_delay(unbound_tries));
+                }
+                unbound = report.unbound;
+                let mut st = shared.status.lock().expect("lock");
+                st.guarded_ports = report.ports;
+                st.unbound_addresses = unbound.len();
+            }
+        }
 
         report_invalid(
             &shared,
@@ -172,7 +226,6 @@ pub async fn run(
         match result {
             Ok(report) => {
                 failures = 0;
-                retry_at = None;
                 let kind = if report.full {
                     SyncKind::Full
                 } else {
