@@ -24,6 +24,7 @@
 pub mod http;
 pub mod list;
 pub mod metrics;
+pub mod ports;
 mod reconcile;
 pub mod store;
 
