@@ -92,6 +92,8 @@ const DUMP_ATTEMPTS: usize = 3;
 /// Bounds a kernel that does not answer (it answers at once).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+// nix has no such option of its own; its macro makes it as nix makes its
+// own (the `setsockopt` call is nix's, not this crate's unsafe code).
 sockopt_impl!(
     /// `NETLINK_GET_STRICT_CHK`: the kernel checks dump requests strictly
     /// and honours their filters (`IFA_TARGET_NETNSID` among them).
@@ -274,14 +276,13 @@ impl RouteSocket {
     fn addrs(&mut self, netnsid: i32) -> Result<Vec<Addr>, DumpError> {
         let mut request = vec![0u8; IFADDRMSG_LEN]; // AF_UNSPEC: IPv4 and IPv6
         push_attr(&mut request, IFA_TARGET_NETNSID, &netnsid.to_ne_bytes());
-        let found = self.dump(RTM_GETADDR, &request, |ty, body| {
+        self.dump(RTM_GETADDR, &request, |ty, body| {
             if ty == RTM_NEWADDR {
                 Addr::parse(body)
             } else {
                 Ok(None)
             }
-        })?;
-        Ok(found)
+        })
     }
 
     /// Runs one dump (`payload` after the netlink header), repeated while
