@@ -67,7 +67,9 @@ use nftpol::compiler::{
     compile,
 };
 use nftpol::lab::{DEFAULT_TIMEOUT, Netns, Node, NodeConfig, Pod, Probe, probe_all};
+use nftpol::nft::guard::GuardSyncer;
 use nftpol::nft::{Ruleset, Syncer, render};
+use nftpol::watch::guard::PortGuard;
 use nftpol::synth::{SynthSpec, synth_cluster};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
@@ -200,6 +202,7 @@ fn main() {
         Variant::None,
         Variant::ConntrackOnly,
         Variant::Nftpol,
+        Variant::NftpolGuarded,
         Variant::Linear,
         Variant::LinearEveryPacket,
     ];
@@ -215,7 +218,7 @@ fn main() {
     for round in 0..s.rounds {
         for k in 0..results.len() {
             let r = &mut results[(round + k) % variants.len()];
-            r.variant.activate(&node, &mut syncer, &rs);
+            r.variant.activate(&node, &mut syncer, &rs, &plan);
             if round == 0 {
                 node.conntrack_flush().expect("conntrack -F");
                 // iperf3 -s would take the probe for a test of its own:
@@ -945,6 +948,9 @@ enum Variant {
     /// a real node has it on anyway for kube-proxy and Flannel's NAT).
     ConntrackOnly,
     Nftpol,
+    /// nftpol with its port guard (`table bridge`): every frame from a pod
+    /// port meets it, established traffic too.
+    NftpolGuarded,
     Linear,
     LinearEveryPacket,
 }
@@ -955,12 +961,13 @@ impl Variant {
             Variant::None => "(a) no table",
             Variant::ConntrackOnly => "(a') conntrack only (1 ct rule)",
             Variant::Nftpol => "(b) nftpol",
+            Variant::NftpolGuarded => "(b') nftpol + port guard",
             Variant::Linear => "(c) linear, ct established first",
             Variant::LinearEveryPacket => "(c') linear, every packet walks",
         }
     }
 
-    fn activate(self, node: &Node, syncer: &mut Syncer, rs: &Ruleset) {
+    fn activate(self, node: &Node, syncer: &mut Syncer, rs: &Ruleset, plan: &Plan) {
         match self {
             Variant::None => {}
             Variant::ConntrackOnly => {
@@ -974,6 +981,18 @@ impl Variant {
             Variant::Nftpol => {
                 syncer.force_full();
                 syncer.sync(rs.clone()).expect("nftpol apply");
+            }
+            Variant::NftpolGuarded => {
+                syncer.force_full();
+                syncer.sync(rs.clone()).expect("nftpol apply");
+                let mut guard = PortGuard::new(
+                    BTreeSet::from(["cni0".to_string()]),
+                    Some(node.netns().path()),
+                    node.nft(),
+                    TABLE,
+                );
+                let report = guard.sync(plan, true).expect("port guard");
+                assert_eq!(report.ports, 3, "client, server and intruder are guarded");
             }
             Variant::Linear | Variant::LinearEveryPacket => {
                 let every = self == Variant::LinearEveryPacket;
@@ -1006,6 +1025,12 @@ impl Variant {
                     .expect("removing the conntrack-only table");
             }
             Variant::Nftpol => syncer.cleanup().expect("nftpol cleanup"),
+            Variant::NftpolGuarded => {
+                syncer.cleanup().expect("nftpol cleanup");
+                GuardSyncer::new(node.nft(), TABLE)
+                    .remove()
+                    .expect("removing the port guard");
+            }
             Variant::Linear | Variant::LinearEveryPacket => {
                 let text = format!(
                     "delete chain inet {LINEAR_TABLE} lin-eg\ndelete chain inet {LINEAR_TABLE} lin-in\n"
