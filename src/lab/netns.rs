@@ -83,6 +83,11 @@ impl Netns {
         &self.name
     }
 
+    /// The namespace file (`/run/netns/NAME`), as `nftpol run --netns` opens it.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(&self.name)
+    }
+
     /// Runs `f` on a thread that has entered this namespace, and waits for
     /// it. Sockets `f` opens stay in this namespace wherever they are used
     /// later. A panic in `f` is passed on.
@@ -129,8 +134,7 @@ impl Netns {
     /// A netlink socket to nf_tables inside this namespace (what `nftpol
     /// run` sends element updates over).
     pub fn netlink(&self) -> Result<Netlink, LabError> {
-        let path = PathBuf::from(NETNS_DIR).join(&self.name);
-        Ok(Netlink::open(Some(&path))?)
+        Ok(Netlink::open(Some(&self.path()))?)
     }
 
     /// Forgets every tracked connection (`conntrack -F`), so that flows
