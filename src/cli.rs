@@ -328,6 +328,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 resync_period,
                 min_sync_interval,
                 nft: Nft::with_command(argv),
+                netns: netns_path.clone(),
                 netlink: match changes_via {
                     ChangesVia::Netlink => Some(crate::watch::NetlinkAt { netns: netns_path }),
                     ChangesVia::Nft => None,

@@ -21,9 +21,11 @@
 //! signal (`/status`) needs exactly those to be right for idle kinds and
 //! after a relist.
 
+pub mod flows;
 pub mod http;
 pub mod list;
 pub mod metrics;
+pub mod node;
 mod reconcile;
 pub mod store;
 
@@ -58,6 +60,10 @@ pub struct RunConfig {
     pub resync_period: Duration,
     pub min_sync_interval: Duration,
     pub nft: Nft,
+    /// The network namespace enforced (a namespace file), when not
+    /// nftpol's own: where the node's settings are checked and conntrack
+    /// entries deleted.
+    pub netns: Option<PathBuf>,
     /// Incremental transactions over netlink (opened at start), or `None`
     /// for all of them through `nft`.
     pub netlink: Option<NetlinkAt>,
@@ -106,6 +112,18 @@ impl Stores {
             namespaces: self.namespaces.take_changes(),
             policies: self.policies.take_changes(),
         }
+    }
+
+    /// [`take_changes`](Self::take_changes), and every pod as the changes
+    /// leave the pod store (what a compiler fed the delta holds).
+    pub fn take_changes_and_pods(&self) -> (Delta, Vec<Arc<PodInfo>>) {
+        let (pods, all_pods) = self.pods.take_changes_and_values();
+        let delta = Delta {
+            pods,
+            namespaces: self.namespaces.take_changes(),
+            policies: self.policies.take_changes(),
+        };
+        (delta, all_pods)
     }
 
     /// Makes the next [`take_changes`](Self::take_changes) return everything.
@@ -205,6 +223,8 @@ pub struct Shared {
     /// When the oldest change not yet enforced arrived.
     pending_since: Mutex<Option<Instant>>,
     status: Mutex<SyncStatus>,
+    /// What the last check of the node's settings found.
+    node: Mutex<node::NodeCheck>,
     /// Watchers currently failing (kind names).
     watch_errors: Mutex<BTreeMap<&'static str, String>>,
 }
@@ -217,6 +237,7 @@ impl Default for Shared {
             changed: Notify::new(),
             pending_since: Mutex::new(None),
             status: Mutex::new(SyncStatus::default()),
+            node: Mutex::new(node::NodeCheck::default()),
             watch_errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -256,10 +277,41 @@ impl Shared {
     }
 
     pub fn status(&self) -> SyncStatus {
-        self.status.lock().expect("lock").clone()
+        let mut st = self.status.lock().expect("lock").clone();
+        st.node = self.node_check();
+        st
     }
 
-    /// Ready: every store listed, no watcher failing, last apply succeeded.
+    /// What the last check of the node's settings found.
+    pub fn node_check(&self) -> node::NodeCheck {
+        self.node.lock().expect("lock").clone()
+    }
+
+    /// Records a check of the node's settings: logs each problem as an
+    /// error (every check, so that it stays visible), and their end.
+    pub fn record_node_check(&self, check: node::NodeCheck) {
+        for problem in &check.problems {
+            error!("{problem}");
+        }
+        let mut last = self.node.lock().expect("lock");
+        if check.problems.is_empty() && !last.problems.is_empty() {
+            info!("the node's settings are safe again");
+        }
+        if check.ipv4_forwarding != last.ipv4_forwarding
+            || check.ipv6_forwarding != last.ipv6_forwarding
+        {
+            info!(
+                ipv4_forwarding = ?check.ipv4_forwarding,
+                ipv6_forwarding = ?check.ipv6_forwarding,
+                "forwarding settings of the enforced network namespace"
+            );
+        }
+        self.metrics.node_problems.set(check.problems.len() as i64);
+        *last = check;
+    }
+
+    /// Ready: every store listed, no watcher failing, the node's settings
+    /// safe, last apply succeeded and enforcement not degraded.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.stores.synced() {
             return Err(
@@ -270,7 +322,18 @@ impl Shared {
         if let Some((kind, e)) = errors.iter().next() {
             return Err(format!("watch of {kind} failing: {e}"));
         }
+        let node = self.node.lock().expect("lock");
+        if !node.problems.is_empty() {
+            return Err(format!(
+                "unsafe node settings: {}",
+                node.problems.join("; ")
+            ));
+        }
+        drop(node);
         let st = self.status();
+        if let Some(e) = &st.degraded {
+            return Err(format!("enforcement degraded: {e}"));
+        }
         match (&st.last_error, st.syncs) {
             (Some(e), _) => Err(format!("last sync failed: {e}")),
             (None, 0) => Err("no sync yet".into()),
@@ -410,27 +473,10 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Warns when bridged traffic would bypass the IP hooks.
-fn check_br_netfilter() {
-    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-    match std::fs::read_to_string(path) {
-        Ok(v) if v.trim() == "1" => {}
-        Ok(v) => error!(
-            "{path} is {}: same-node pod traffic over the bridge is NOT filtered; \
-             set net.bridge.bridge-nf-call-iptables=1",
-            v.trim()
-        ),
-        Err(e) => error!(
-            "cannot read {path} ({e}): br_netfilter seems not loaded, same-node pod traffic \
-             over the bridge is NOT filtered; modprobe br_netfilter and set \
-             net.bridge.bridge-nf-call-iptables=1"
-        ),
-    }
-}
-
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
-    check_br_netfilter();
+    let shared = Arc::new(Shared::default());
+    shared.record_node_check(node::check(cfg.netns.as_deref()));
     let mut syncer = Syncer::new(cfg.nft.clone(), cfg.table.clone());
     if let Some(at) = &cfg.netlink {
         let socket = Netlink::open(at.netns.as_deref()).map_err(|e| {
@@ -443,8 +489,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             "incremental changes go over nftpol's nf_tables netlink socket; full replacements of the table through nft"
         );
     }
+    let stale_flows = match flows::StaleFlows::open(cfg.netns.as_deref()) {
+        Ok(flows) => Some(flows),
+        Err(e) => {
+            error!(error = %e, "cannot open a conntrack socket: the flows of pods that go away are NOT deleted");
+            None
+        }
+    };
     let client = client(cfg.kubeconfig.as_ref()).await?;
-    let shared = Arc::new(Shared::default());
 
     tokio::spawn(feed(
         Api::<Pod>::all(client.clone()),
@@ -480,6 +532,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let reconciler = tokio::spawn(reconcile::run(
         cfg.clone(),
         syncer,
+        stale_flows,
         shared.clone(),
         Some(recorder),
         stop_rx,

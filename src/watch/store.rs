@@ -203,7 +203,18 @@ impl<Key: Ord + Hash + Clone, T, M: MapKey<Key, T>> Store<Key, T, M> {
     /// What changed since the last call (everything, the first time and
     /// after a list), and starts over.
     pub fn take_changes(&self) -> Changes<Key, T> {
+        Self::take(&mut self.inner.lock().expect("store lock"))
+    }
+
+    /// [`take_changes`](Self::take_changes), and the objects the store
+    /// holds with those changes (taken together: no change in between).
+    pub fn take_changes_and_values(&self) -> (Changes<Key, T>, Vec<Arc<T>>) {
         let mut inner = self.inner.lock().expect("store lock");
+        let changes = Self::take(&mut inner);
+        (changes, inner.items.values().cloned().collect())
+    }
+
+    fn take(inner: &mut Inner<Key, T, M>) -> Changes<Key, T> {
         match inner.changed.replace(BTreeSet::new()) {
             None => Changes::All(inner.items.values().cloned().collect()),
             Some(keys) => Changes::Some(
