@@ -117,6 +117,19 @@ pub enum Command {
         /// and the netlink socket is opened there. For labs and benches.
         #[arg(long, env = "NFTPOL_NETNS")]
         netns: Option<String>,
+        /// The bridges local pods are plugged into (Flannel and the bridge
+        /// CNI: cni0), comma-separated. Their ports get the port guard
+        /// (`table bridge TABLE`): each pod sends only from its own
+        /// addresses; link-local, broadcast and multicast traffic neither
+        /// leave an egress-isolated pod nor reach an ingress-isolated one.
+        /// Empty: no guard (a pod can forge another's address).
+        #[arg(
+            long,
+            env = "NFTPOL_POD_BRIDGES",
+            value_delimiter = ',',
+            default_value = "cni0"
+        )]
+        pod_bridges: Vec<String>,
     },
     /// Run an in-memory Kubernetes API server, for development and tests only.
     ///
@@ -287,7 +300,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Cleanup { table } => {
             Syncer::new(Nft::default(), table.clone()).cleanup()?;
-            info!(table, "removed table inet {table}");
+            nft::guard::GuardSyncer::new(Nft::default(), table.clone()).remove()?;
+            info!(table, "removed table inet {table} and table bridge {table}");
             Ok(())
         }
         Command::Run {
@@ -300,6 +314,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             nft_command,
             changes_via,
             netns,
+            pod_bridges,
         } => {
             let mut argv: Vec<String> = nft_command.split_whitespace().map(String::from).collect();
             if argv.is_empty() {
@@ -328,11 +343,14 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 resync_period,
                 min_sync_interval,
                 nft: Nft::with_command(argv),
-                netns: netns_path.clone(),
                 netlink: match changes_via {
-                    ChangesVia::Netlink => Some(crate::watch::NetlinkAt { netns: netns_path }),
+                    ChangesVia::Netlink => Some(crate::watch::NetlinkAt {
+                        netns: netns_path.clone(),
+                    }),
                     ChangesVia::Nft => None,
                 },
+                netns: netns_path,
+                pod_bridges: pod_bridges.into_iter().filter(|b| !b.is_empty()).collect(),
             };
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;

@@ -640,6 +640,11 @@ fn port_elements(pods: &[&PodInfo], name: &str, protocol: Protocol) -> PortSet {
 impl Pass<'_> {
     fn run(&mut self, node: &str) {
         let world = self.world;
+        self.plan.local_addrs = world
+            .local
+            .values()
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
         for direction in Direction::BOTH {
             // Which local pods each policy selects in this direction.
             let mut selected: BTreeMap<&ObjectKey, (&Policy, Vec<&PodInfo>)> = BTreeMap::new();

@@ -117,6 +117,9 @@ pub struct Plan {
     /// Shared with the compiler's cache: a plan costs no copy of them.
     pub addr_sets: BTreeMap<SetId, Arc<AddrSet>>,
     pub port_sets: BTreeMap<SetId, Arc<PortSet>>,
+    /// The addresses of every active pod on the node, isolated or not
+    /// (what the port guard binds to the pods' bridge ports).
+    pub local_addrs: BTreeSet<IpAddr>,
 }
 
 impl Plan {

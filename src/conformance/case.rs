@@ -390,8 +390,18 @@ mod tests {
             return;
         }
         for case in load_all(&[dir]) {
-            let case = case.unwrap_or_else(|(p, e)| panic!("{}: {e}", p.display()));
-            assert!(!case.steps.is_empty());
+            match case {
+                Ok(case) => assert!(!case.steps.is_empty()),
+                // Format v2 (ClusterNetworkPolicy objects, IPv6 probes) is
+                // not read yet: such a case must be refused, never misread.
+                Err((p, e)) => {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    let v2 = text.contains("kind: ClusterNetworkPolicy")
+                        || text.contains("family: IPv6");
+                    assert!(v2, "{}: {e}", p.display());
+                    eprintln!("refused (format v2): {}: {e}", p.display());
+                }
+            }
         }
     }
 

@@ -83,7 +83,8 @@ impl Netns {
         &self.name
     }
 
-    /// The namespace file (`/run/netns/NAME`), as `nftpol run --netns` opens it.
+    /// The namespace's file (`/run/netns/NAME`), for code that opens its
+    /// own sockets in it.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(NETNS_DIR).join(&self.name)
     }

@@ -216,6 +216,7 @@ impl Node {
         }
         Ok(Pod {
             name: name.to_string(),
+            veth,
             ipv4,
             ipv6: ipv6.filter(|_| self.config.bridge_v6.is_some()),
             netns,
@@ -228,6 +229,8 @@ impl Node {
 #[derive(Debug)]
 pub struct Pod {
     name: String,
+    /// The node's side of the pod's veth pair (a port of `cni0`).
+    veth: String,
     ipv4: Ipv4Addr,
     ipv6: Option<Ipv6Addr>,
     netns: Netns,
@@ -237,6 +240,11 @@ impl Pod {
     /// The name given to [`Node::add_pod`].
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The node's side of its veth pair: the `cni0` port it is plugged into.
+    pub fn veth(&self) -> &str {
+        &self.veth
     }
 
     /// The pod's namespace.

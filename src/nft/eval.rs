@@ -116,7 +116,7 @@ fn set<'a>(rs: &'a Ruleset, name: &str) -> &'a NftSet {
 
 fn holds(rs: &Ruleset, c: &Cond, p: &Packet) -> bool {
     match c {
-        Cond::CtEstablished | Cond::Icmpv6Discovery | Cond::FromLocalNode => false,
+        Cond::CtEstablished | Cond::Icmpv6Discovery => false,
         Cond::AddrIn { v6, field, set: s } => {
             let a = pick(p, *field);
             a.is_ipv6() == *v6

@@ -8,8 +8,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use nftables::expr::{
-    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix, Range, SetItem,
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
 };
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
@@ -92,13 +91,6 @@ fn cond(c: &Cond) -> Statement<'static> {
                 ND_TYPES.iter().map(|t| SetItem::Element(s(*t))).collect(),
             )),
         ),
-        Cond::FromLocalNode => eq(
-            Expression::Named(NamedExpression::Fib(Fib {
-                result: FibResult::Type,
-                flags: HashSet::from([FibFlag::Saddr]),
-            })),
-            s("local"),
-        ),
         Cond::AddrIn { v6, field, set } => eq(addr_payload(*v6, *field), s(format!("@{set}"))),
         Cond::TupleIn { v6, field, set } => eq(
             Expression::Named(NamedExpression::Concat(vec![
@@ -112,7 +104,14 @@ fn cond(c: &Cond) -> Statement<'static> {
 }
 
 fn statements(r: &NftRule) -> Vec<Statement<'static>> {
-    let mut out: Vec<Statement<'static>> = r.conds.iter().map(cond).collect();
+    let mut out: Vec<Statement<'static>> = Vec::new();
+    for c in &r.conds {
+        out.push(cond(c));
+        if let Cond::Icmpv6Discovery = c {
+            // Only from the link: a router never forwards these with 255.
+            out.push(eq(payload("ip6", "hoplimit"), Expression::Number(255)));
+        }
+    }
     match &r.action {
         Action::Accept => out.push(Statement::Accept(None)),
         Action::CountDrop => {

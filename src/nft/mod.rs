@@ -10,6 +10,7 @@
 
 pub mod eval;
 pub mod exec;
+pub mod guard;
 pub mod json;
 pub mod model;
 pub mod netlink;

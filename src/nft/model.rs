@@ -125,10 +125,9 @@ pub enum AddrField {
 pub enum Cond {
     /// `ct state established,related`
     CtEstablished,
-    /// IPv6 neighbour and router discovery, which must never be filtered.
+    /// IPv6 neighbour and router discovery (`ip6 hoplimit 255`: it can
+    /// only come from the link), which must never be filtered.
     Icmpv6Discovery,
-    /// `fib saddr type local`: the packet comes from this node itself.
-    FromLocalNode,
     /// `ip saddr @set` / `ip6 daddr @set`
     AddrIn {
         v6: bool,

@@ -25,7 +25,7 @@
 //! Sets carry nft's key type, field lengths and user data (so that
 //! `nft list` shows them as nft made them); rules are the expressions nft
 //! makes of a pod chain's rules (`meta nfproto` dependency, payload and
-//! meta loads, lookup, `fib`, counter, verdict), appended in order. The
+//! meta loads, lookup, counter, verdict), appended in order. The
 //! table, the maps, the base chains and their rules are only made by a
 //! full replacement (nft text); [`carries`] tells which batches can go here.
 
@@ -110,9 +110,6 @@ const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_BYTEORDER_HTON: u32 = 1;
-const NFTA_FIB_F_SADDR: u32 = 1;
-const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
-const RTN_LOCAL: u32 = 2;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 const NFPROTO_IPV4: u8 = 2;
@@ -169,12 +166,10 @@ pub fn carries(ops: &[Op]) -> bool {
 }
 
 fn rule_encodable(rule: &NftRule) -> bool {
-    rule.conds.iter().all(|c| {
-        matches!(
-            c,
-            Cond::AddrIn { .. } | Cond::TupleIn { .. } | Cond::FromLocalNode
-        )
-    }) && matches!(rule.action, Action::Accept | Action::CountDrop)
+    rule.conds
+        .iter()
+        .all(|c| matches!(c, Cond::AddrIn { .. } | Cond::TupleIn { .. }))
+        && matches!(rule.action, Action::Accept | Action::CountDrop)
 }
 
 /// An encoded transaction.
@@ -508,14 +503,6 @@ impl Encoder<'_> {
                         w.attr_u32(4, 2); // LEN
                     });
                     self.lookup(set);
-                }
-                Cond::FromLocalNode => {
-                    self.expr("fib", |w| {
-                        w.attr_u32(3, NFTA_FIB_F_SADDR); // FLAGS
-                        w.attr_u32(2, NFT_FIB_RESULT_ADDRTYPE); // RESULT
-                        w.attr_u32(1, NFT_REG_1); // DREG
-                    });
-                    self.cmp_eq(&RTN_LOCAL.to_ne_bytes());
                 }
                 other => {
                     return Err(NftError::Netlink(format!(

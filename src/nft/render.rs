@@ -20,13 +20,20 @@
 //! forward-egress  (forward, prio 0) ─┐ ct established → accept
 //! input-egress    (input,   prio 0) ─┤ ip saddr vmap @dispatch-eg-4 ─► pod-eg/NS/POD
 //! forward-ingress (forward, prio 1) ─┘ ip daddr vmap @dispatch-in-4 ─► pod-in/NS/POD
+//!                                      ip daddr @isolated-in-4 counter drop
 //!   pod-in/NS/POD:  ip saddr . meta l4proto . th dport @pod-in/NS/POD.tuples4 accept
 //!                   ip saddr @pod-in/NS/POD.addrs4 accept
 //!                   ip saddr . meta l4proto . th dport @pod-in/NS/POD.boxes4 accept
 //!                   ip saddr @pod-in/NS/POD.ranges4 accept
-//!                   fib saddr type local accept   (ingress: the node itself)
 //!                   counter drop
 //! ```
+//!
+//! An isolated pod's address is also in `isolated-{in,eg}-{4,6}`, and the
+//! base chain drops what comes back from its chain: a pod chain emptied by
+//! hand (`nft flush chain`) denies instead of letting everything through.
+//! The node reaches its pods through the `output` hook, which nftpol does
+//! not filter; on `forward` a source address of the node is a spoofed one,
+//! so pod chains give it no pass.
 //!
 //! Which policy line allows a packet is the plan's business
 //! ([`Plan::decide`], `nftpol explain`); the kernel only needs the union.
@@ -72,6 +79,12 @@ fn dir_tag(d: Direction) -> &'static str {
 
 pub fn dispatch_map(d: Direction, v6: bool) -> String {
     format!("dispatch-{}-{}", dir_tag(d), if v6 { 6 } else { 4 })
+}
+
+/// The addresses of the pods isolated in one direction (the dispatch map's
+/// keys): what falls through a pod chain is dropped by them.
+pub fn isolated_set(d: Direction, v6: bool) -> String {
+    format!("isolated-{}-{}", dir_tag(d), if v6 { 6 } else { 4 })
 }
 
 /// `head` as is when short enough, else its start and a hash of the whole.
@@ -255,6 +268,24 @@ fn render_with(
             );
         }
     }
+    for d in Direction::BOTH {
+        for v6 in [false, true] {
+            let what = match d {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            };
+            rs.sets.insert(
+                isolated_set(d, v6),
+                NftSet {
+                    key: addr_key(v6),
+                    interval: false,
+                    comment: format!("addresses of pods isolated for {what}"),
+                    elements: Arc::default(),
+                    region: None,
+                },
+            );
+        }
+    }
     for (name, hook, priority, d) in BASE_CHAINS {
         let field = match d {
             Direction::Ingress => AddrField::Daddr,
@@ -274,6 +305,13 @@ fn render_with(
                 },
             ));
         }
+        // Back from a pod chain without a verdict (it was emptied): deny.
+        for v6 in [false, true] {
+            rules.push(rule(
+                vec![addr_cond(v6, field, &isolated_set(d, v6))],
+                Action::CountDrop,
+            ));
+        }
         rs.chains.insert(
             name.to_string(),
             NftChain {
@@ -284,6 +322,7 @@ fn render_with(
     }
 
     // Pod chains, their allow-list sets and their dispatch entries.
+    let mut isolated: [[BTreeSet<Elem>; 2]; 2] = Default::default();
     for pod in &plan.pods {
         let name = pod_chain_name(pod.direction, &pod.pod);
         let field = match pod.direction {
@@ -340,11 +379,6 @@ fn render_with(
                 rules.push(rule(vec![cond], Action::Accept));
             }
         }
-        if pod.direction == Direction::Ingress {
-            // The node itself (kubelet probes) always reaches its pods; only
-            // packets that nothing else accepted pay for the route lookup.
-            rules.push(rule(vec![Cond::FromLocalNode], Action::Accept));
-        }
         rules.push(rule(vec![], Action::CountDrop));
         rs.chains
             .insert(name.clone(), NftChain { hook: None, rules });
@@ -355,6 +389,16 @@ fn render_with(
                 .expect("dispatch maps are created above")
                 .elements
                 .insert(*ip, name.clone());
+            isolated[pod.direction as usize][ip.is_ipv6() as usize].insert(Elem::Addr(*ip));
+        }
+    }
+    for d in Direction::BOTH {
+        for v6 in [false, true] {
+            let elems = std::mem::take(&mut isolated[d as usize][v6 as usize]);
+            rs.sets
+                .get_mut(&isolated_set(d, v6))
+                .expect("isolated sets are created above")
+                .elements = Arc::new(elems);
         }
     }
     rs

@@ -75,9 +75,8 @@ pub(crate) fn rule_text(r: &NftRule) -> String {
         .map(|c| match c {
             Cond::CtEstablished => "ct state established,related".to_string(),
             Cond::Icmpv6Discovery => {
-                format!("icmpv6 type {{ {} }}", ND_TYPES.join(", "))
+                format!("icmpv6 type {{ {} }} ip6 hoplimit 255", ND_TYPES.join(", "))
             }
-            Cond::FromLocalNode => "fib saddr type local".to_string(),
             Cond::AddrIn { v6, field: f, set } => format!("{} {} @{set}", fam(*v6), field(*f)),
             Cond::TupleIn { v6, field: f, set } => {
                 format!(

@@ -22,10 +22,12 @@
 //! after a relist.
 
 pub mod flows;
+pub mod guard;
 pub mod http;
 pub mod list;
 pub mod metrics;
 pub mod node;
+pub mod ports;
 mod reconcile;
 pub mod store;
 
@@ -60,13 +62,15 @@ pub struct RunConfig {
     pub resync_period: Duration,
     pub min_sync_interval: Duration,
     pub nft: Nft,
-    /// The network namespace enforced (a namespace file), when not
-    /// nftpol's own: where the node's settings are checked and conntrack
-    /// entries deleted.
-    pub netns: Option<PathBuf>,
     /// Incremental transactions over netlink (opened at start), or `None`
     /// for all of them through `nft`.
     pub netlink: Option<NetlinkAt>,
+    /// The network namespace nftpol enforces in (a file such as
+    /// `/run/netns/NAME`); `None`: its own. Also where the node's settings
+    /// are checked and conntrack entries deleted.
+    pub netns: Option<PathBuf>,
+    /// Bridges whose ports get the port guard; empty: no guard.
+    pub pod_bridges: std::collections::BTreeSet<String>,
 }
 
 /// Where to open the netlink socket.
@@ -227,6 +231,8 @@ pub struct Shared {
     node: Mutex<node::NodeCheck>,
     /// Watchers currently failing (kind names).
     watch_errors: Mutex<BTreeMap<&'static str, String>>,
+    /// Why the port guard could not be updated, while it cannot.
+    guard_error: Mutex<Option<String>>,
 }
 
 impl Default for Shared {
@@ -239,6 +245,7 @@ impl Default for Shared {
             status: Mutex::new(SyncStatus::default()),
             node: Mutex::new(node::NodeCheck::default()),
             watch_errors: Mutex::new(BTreeMap::new()),
+            guard_error: Mutex::new(None),
         }
     }
 }
@@ -330,6 +337,9 @@ impl Shared {
             ));
         }
         drop(node);
+        if let Some(e) = &*self.guard_error.lock().expect("lock") {
+            return Err(e.clone());
+        }
         let st = self.status();
         if let Some(e) = &st.degraded {
             return Err(format!("enforcement degraded: {e}"));
@@ -339,6 +349,10 @@ impl Shared {
             (None, 0) => Err("no sync yet".into()),
             (None, _) => Ok(()),
         }
+    }
+
+    fn set_guard_error(&self, error: Option<String>) {
+        *self.guard_error.lock().expect("lock") = error;
     }
 
     fn set_watch_error(&self, kind: &'static str, error: Option<String>) {

@@ -5,6 +5,7 @@
 //! at the first sync, after a relist and at every periodic full resync.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,7 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use super::flows::StaleFlows;
+use super::guard::PortGuard;
 use super::metrics::{SyncKind, SyncLabels};
 use super::{RunConfig, Shared};
 use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
@@ -48,6 +50,10 @@ pub struct SyncStatus {
     /// The last check of the node's settings (see `watch::node`; filled
     /// in when read).
     pub node: super::node::NodeCheck,
+    /// Ports of the pod bridges the port guard holds.
+    pub guarded_ports: usize,
+    /// Local pod addresses no port carries yet.
+    pub unbound_addresses: usize,
     /// Size of the applied table.
     pub chains: usize,
     pub rules: usize,
@@ -83,6 +89,20 @@ pub async fn run(
     let mut retry_at: Option<Instant> = None;
     let mut reported: HashSet<(String, i64)> = HashSet::new();
     let mut logged_sync_wait = false;
+    let mut guard = if cfg.pod_bridges.is_empty() {
+        warn!("no pod bridges (--pod-bridges): no port guard; a pod can forge another's address");
+        None
+    } else {
+        Some(PortGuard::new(
+            cfg.pod_bridges.clone(),
+            cfg.netns.clone(),
+            cfg.nft.clone(),
+            &cfg.table,
+        ))
+    };
+    // Local pod addresses no port carries yet: looked for again, backing off.
+    let mut unbound: Vec<IpAddr> = Vec::new();
+    let mut unbound_tries: u32 = 0;
 
     loop {
         let mut full = false;
@@ -143,11 +163,15 @@ pub async fn run(
         let mut r = renderer
             .take()
             .expect("the renderer is put back after each sync");
+        let mut g = guard.take();
         // Compile and apply off the async threads: nft is a blocking exec.
-        let (s, c, r, flows, compiled, result, forgotten) =
+        let (s, c, r, g, guarded, flows, compiled, result, forgotten) =
             tokio::task::spawn_blocking(move || {
                 let mut c = delta.apply(c, &node);
                 let compiled = c.compile();
+                // Ports first: a pod that just got its address can send once
+                // both tables have it.
+                let guarded = g.as_mut().map(|g| g.sync(&compiled.plan, full));
                 let rs = r.render(&compiled.plan, &table);
                 // On a thread of its own: the batch document of a full sync is
                 // large and short-lived (~70 MiB for 180k set elements), and
@@ -165,16 +189,53 @@ pub async fn run(
                     (Ok(_), Some(f)) => Some(f.after_sync(&pods)),
                     _ => None,
                 };
-                (s, c, r, flows, compiled, result, forgotten)
+                (s, c, r, g, guarded, flows, compiled, result, forgotten)
             })
             .await
             .expect("sync task does not panic");
+        // A full replacement that keeps failing is retried with backoff,
+        // also when nothing changes.
         let full_failing = s.full_failing().map(str::to_string);
-        let full_retry_at = s.full_retry_at();
+        retry_at = s.full_retry_at();
+        let full_retry_at = retry_at;
         syncer = Some(s);
         compiler = Some(c);
         renderer = Some(r);
+        guard = g;
         stale_flows = flows;
+        let retry_after = |retry_at: Option<Instant>, tries: u32| {
+            let next = Instant::now() + retry_delay(tries);
+            Some(retry_at.map_or(next, |t| t.min(next)))
+        };
+        match guarded {
+            None => {}
+            Some(Err(e)) => {
+                error!(error = %e, "port guard not updated; the kernel keeps the previous one");
+                shared.set_guard_error(Some(e));
+                unbound_tries += 1;
+                retry_at = retry_after(retry_at, unbound_tries);
+            }
+            Some(Ok(report)) => {
+                shared.set_guard_error(None);
+                for (addr, ports) in &report.contested {
+                    warn!(%addr, ?ports, "several ports carry one pod address; it stays bound to the port that had it, if any");
+                }
+                if report.unbound != unbound && !report.unbound.is_empty() {
+                    let some = &report.unbound[..report.unbound.len().min(8)];
+                    warn!(count = report.unbound.len(), first = ?some, "pod addresses no port carries yet: those pods send nothing until their port is found");
+                }
+                if report.unbound.is_empty() {
+                    unbound_tries = 0;
+                } else {
+                    unbound_tries += 1;
+                    retry_at = retry_after(retry_at, unbound_tries);
+                }
+                unbound = report.unbound;
+                let mut st = shared.status.lock().expect("lock");
+                st.guarded_ports = report.ports;
+                st.unbound_addresses = unbound.len();
+            }
+        }
         match forgotten {
             Some(Ok(f)) if f.addresses > 0 => {
                 shared
@@ -208,9 +269,6 @@ pub async fn run(
         let invalid: HashSet<&ObjectKey> = compiled.diagnostics.iter().map(|d| &d.policy).collect();
         m.invalid_policies.set(invalid.len() as i64);
 
-        // A full replacement that keeps failing is retried with backoff,
-        // also when nothing changes.
-        retry_at = full_retry_at;
         m.enforcement_degraded.set(full_failing.is_some() as i64);
         {
             let mut st = shared.status.lock().expect("lock");

@@ -1,0 +1,108 @@
+//! The port guard in `nftpol run`: at every sync, the pod bridges' ports
+//! are read from the kernel ([`super::ports`]), each local pod address the
+//! plan names is bound to the port that carries it, and `table bridge` is
+//! replaced when that changed (see `nft::guard` for what it enforces).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::ports::RouteSocket;
+use crate::compiler::{Direction, Plan};
+use crate::nft::Nft;
+use crate::nft::guard::{self, Guard, GuardSyncer, PortAddrs};
+
+/// What one guard sync found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuardReport {
+    /// The table was replaced.
+    pub changed: bool,
+    /// Ports guarded.
+    pub ports: usize,
+    /// Local pod addresses no port carries yet (their pods send nothing
+    /// until one does).
+    pub unbound: Vec<IpAddr>,
+    /// Addresses more than one port carries.
+    pub contested: Vec<(IpAddr, Vec<String>)>,
+}
+
+/// Keeps the guard of one network namespace.
+#[derive(Debug)]
+pub struct PortGuard {
+    bridges: BTreeSet<String>,
+    netns: Option<PathBuf>,
+    socket: Option<RouteSocket>,
+    syncer: GuardSyncer,
+    /// Address → port, as last bound (a contested address stays).
+    bound: BTreeMap<IpAddr, String>,
+    /// The ports guarded so far (name, ifindex), while they exist.
+    guarded: BTreeSet<(String, u32)>,
+}
+
+impl PortGuard {
+    /// A guard for the ports of `bridges` in the namespace at `netns`
+    /// (`None`: nftpol's own), applied through `nft` as `table bridge TABLE`.
+    pub fn new(bridges: BTreeSet<String>, netns: Option<PathBuf>, nft: Nft, table: &str) -> Self {
+        Self {
+            bridges,
+            netns,
+            socket: None,
+            syncer: GuardSyncer::new(nft, table),
+            bound: BTreeMap::new(),
+            guarded: BTreeSet::new(),
+        }
+    }
+
+    /// Makes the guard match `plan` and the ports the kernel has now;
+    /// `full` replaces the table even when nothing changed (resync).
+    pub fn sync(&mut self, plan: &Plan, full: bool) -> Result<GuardReport, String> {
+        let socket = match &mut self.socket {
+            Some(s) => s,
+            None => self.socket.insert(
+                RouteSocket::open(self.netns.as_deref()).map_err(|e| format!("port guard: {e}"))?,
+            ),
+        };
+        let found = match socket.pod_ports() {
+            Ok(found) => found,
+            Err(e) => {
+                self.socket = None; // opened anew next time
+                return Err(format!("port guard: finding the pods' ports: {e}"));
+            }
+        };
+        let ports: Vec<PortAddrs> = found
+            .into_iter()
+            .filter(|p| self.bridges.contains(&p.bridge))
+            .map(|p| PortAddrs {
+                port: p.name,
+                ifindex: p.ifindex,
+                addrs: p.addrs,
+            })
+            .collect();
+        let binding = guard::bind(&ports, &plan.local_addrs, &self.bound);
+        let isolated = |d: Direction| -> BTreeSet<IpAddr> {
+            plan.pods
+                .iter()
+                .filter(|p| p.direction == d)
+                .flat_map(|p| p.ips.iter().copied())
+                .collect()
+        };
+        let want = Guard::new(
+            &ports,
+            &binding,
+            &isolated(Direction::Ingress),
+            &isolated(Direction::Egress),
+            &mut self.guarded,
+        );
+        let changed = self
+            .syncer
+            .sync(&want, full)
+            .map_err(|e| format!("port guard: applying table bridge: {e}"))?;
+        self.bound = binding.port_of;
+        Ok(GuardReport {
+            changed,
+            ports: want.ports.len(),
+            unbound: binding.unbound,
+            contested: binding.contested,
+        })
+    }
+}
