@@ -329,25 +329,31 @@ impl Shared {
         if let Some((kind, e)) = errors.iter().next() {
             return Err(format!("watch of {kind} failing: {e}"));
         }
-        let node = self.node.lock().expect("lock");
+        // Every reason that holds, so that one does not hide another.
+        let mut why: Vec<String> = Vec::new();
+        let node = self.node_check();
         if !node.problems.is_empty() {
-            return Err(format!(
+            why.push(format!(
                 "unsafe node settings: {}",
                 node.problems.join("; ")
             ));
         }
-        drop(node);
         if let Some(e) = &*self.guard_error.lock().expect("lock") {
-            return Err(e.clone());
+            why.push(e.clone());
         }
         let st = self.status();
         if let Some(e) = &st.degraded {
-            return Err(format!("enforcement degraded: {e}"));
+            why.push(format!("enforcement degraded: {e}"));
         }
         match (&st.last_error, st.syncs) {
-            (Some(e), _) => Err(format!("last sync failed: {e}")),
-            (None, 0) => Err("no sync yet".into()),
-            (None, _) => Ok(()),
+            (Some(e), _) => why.push(format!("last sync failed: {e}")),
+            (None, 0) => why.push("no sync yet".into()),
+            (None, _) => {}
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
         }
     }
 
