@@ -73,11 +73,18 @@ impl StaleFlows {
         })
     }
 
-    /// After a sync that enforced `pods`: deletes the entries of every
-    /// address that changed hands since the last call. The first call only
-    /// records the owners. When the deletion fails, the owners stay as
-    /// they were, so the next call tries again.
-    pub fn after_sync(&mut self, pods: &[Arc<PodInfo>]) -> Result<Forgotten, ConntrackError> {
+    /// After a sync that enforced `pods` (`None`: no pod changed since the
+    /// last call): deletes the entries of every address that changed hands
+    /// since the last call. The first call only records the owners. When
+    /// the deletion fails, the owners stay as they were, so the next call
+    /// with pods tries again.
+    pub fn after_sync(
+        &mut self,
+        pods: Option<&[Arc<PodInfo>]>,
+    ) -> Result<Forgotten, ConntrackError> {
+        let Some(pods) = pods else {
+            return Ok(Forgotten::default());
+        };
         let now = address_owners(pods);
         let mut done = Forgotten::default();
         if let Some(before) = &self.owners {

@@ -118,9 +118,10 @@ impl Stores {
         }
     }
 
-    /// [`take_changes`](Self::take_changes), and every pod as the changes
-    /// leave the pod store (what a compiler fed the delta holds).
-    pub fn take_changes_and_pods(&self) -> (Delta, Vec<Arc<PodInfo>>) {
+    /// [`take_changes`](Self::take_changes), and, when pods changed, every
+    /// pod as the changes leave the pod store (what a compiler fed the
+    /// delta holds).
+    pub fn take_changes_and_pods(&self) -> (Delta, Option<Vec<Arc<PodInfo>>>) {
         let (pods, all_pods) = self.pods.take_changes_and_values();
         let delta = Delta {
             pods,

@@ -186,7 +186,7 @@ pub async fn run(
                 // Flows of addresses that changed hands go once the rules of
                 // their new owner (or none) are in place.
                 let forgotten = match (&result, flows.as_mut()) {
-                    (Ok(_), Some(f)) => Some(f.after_sync(&pods)),
+                    (Ok(_), Some(f)) => Some(f.after_sync(pods.as_deref())),
                     _ => None,
                 };
                 (s, c, r, g, guarded, flows, compiled, result, forgotten)
@@ -249,7 +249,7 @@ pub async fn run(
                 );
             }
             Some(Err(e)) => {
-                error!(error = %e, "could not delete the conntrack entries of pod addresses that changed owner or were released; trying again after the next sync")
+                error!(error = %e, "could not delete the conntrack entries of pod addresses that changed owner or were released; trying again after the next pod change")
             }
             _ => {}
         }

@@ -206,12 +206,15 @@ impl<Key: Ord + Hash + Clone, T, M: MapKey<Key, T>> Store<Key, T, M> {
         Self::take(&mut self.inner.lock().expect("store lock"))
     }
 
-    /// [`take_changes`](Self::take_changes), and the objects the store
-    /// holds with those changes (taken together: no change in between).
-    pub fn take_changes_and_values(&self) -> (Changes<Key, T>, Vec<Arc<T>>) {
+    /// [`take_changes`](Self::take_changes), and, when something changed,
+    /// the objects the store holds with those changes (taken together: no
+    /// change in between).
+    pub fn take_changes_and_values(&self) -> (Changes<Key, T>, Option<Vec<Arc<T>>>) {
         let mut inner = self.inner.lock().expect("store lock");
         let changes = Self::take(&mut inner);
-        (changes, inner.items.values().cloned().collect())
+        let unchanged = matches!(&changes, Changes::Some(keys) if keys.is_empty());
+        let values = (!unchanged).then(|| inner.items.values().cloned().collect());
+        (changes, values)
     }
 
     fn take(inner: &mut Inner<Key, T, M>) -> Changes<Key, T> {
