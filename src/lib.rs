@@ -16,9 +16,11 @@
 pub mod cli;
 pub mod compiler;
 pub mod conformance;
+pub mod conntrack;
 pub mod devserver;
 pub mod lab;
 pub mod load;
+pub mod netns;
 pub mod nft;
 pub mod sandbox;
 pub mod synth;

@@ -22,7 +22,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -142,6 +142,11 @@ struct Cluster {
 impl Cluster {
     /// Everything running; the controller has synced once (ready).
     fn new() -> Self {
+        Self::with_args(Vec::new())
+    }
+
+    /// [`Cluster::new`], with more arguments for `nftpol run`.
+    fn with_args(extra_args: Vec<String>) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -176,6 +181,7 @@ impl Cluster {
             &node,
             ControllerConfig {
                 resync_period: RESYNC,
+                extra_args,
                 ..ControllerConfig::new(env!("CARGO_BIN_EXE_nftpol"), NODE, &node_kubeconfig.0)
             },
         )
@@ -363,7 +369,10 @@ fn verdict(allowed: bool) -> &'static str {
 /// The usual start: pods a (no role), b (`app: b`), c (`role: friend`) and
 /// the policy "b accepts only friends on http": a -> b denied, c -> b allowed.
 fn friends_cluster() -> Cluster {
-    let mut c = Cluster::new();
+    friends_cluster_with(Cluster::new())
+}
+
+fn friends_cluster_with(mut c: Cluster) -> Cluster {
     c.pod("a", 10, json!({ "app": "a" }));
     c.pod("b", 11, json!({ "app": "b" }));
     let rv = c.pod("c", 12, json!({ "app": "c", "role": "friend" }));
@@ -980,4 +989,231 @@ fn synced_resource_version_covers_every_watch() {
             verdict(b_to_a)
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The runtime edge: a failing nft, the node's settings, stale flows.
+
+/// A stand-in for `nft` that runs the real one, except while the file
+/// `broken` next to it exists.
+struct NftSwitch {
+    dir: TempPath,
+}
+
+impl NftSwitch {
+    fn new() -> Self {
+        let dir = TempPath::new("nft-switch");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let script = dir.0.join("nft");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nif [ -e '{}' ]; then echo 'nft broken by the test' >&2; exit 1; fi\nexec nft \"$@\"\n",
+                dir.0.join("broken").display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .unwrap();
+        Self { dir }
+    }
+
+    /// `nftpol run` arguments that make it run this `nft`.
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--nft-command".into(),
+            self.dir.0.join("nft").display().to_string(),
+        ]
+    }
+
+    fn set_broken(&self, broken: bool) {
+        let flag = self.dir.0.join("broken");
+        if broken {
+            std::fs::write(flag, "").unwrap();
+        } else {
+            std::fs::remove_file(flag).unwrap();
+        }
+    }
+}
+
+/// The value of a metric without labels on `/metrics`.
+fn metric(c: &Cluster, name: &str) -> Option<f64> {
+    let body = c.controller.get("/metrics").expect("/metrics").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_broken_nft_degrades_enforcement_but_changes_still_reach_the_kernel() {
+    if !lab_ready("a_broken_nft_degrades_enforcement_but_changes_still_reach_the_kernel") {
+        return;
+    }
+    let nft = NftSwitch::new();
+    let c = friends_cluster_with(Cluster::with_args(nft.args()));
+    assert_eq!(metric(&c, "nftpol_enforcement_degraded"), Some(0.0));
+
+    // The next periodic resync wants a full replacement, which fails.
+    nft.set_broken(true);
+    c.controller
+        .wait_readiness(false, RESYNC + SYNC_TIMEOUT)
+        .unwrap_or_else(|e| panic!("with nft broken: {e}"));
+    let why = c.controller.readyz().unwrap_err();
+    assert!(
+        why.contains("enforcement degraded") && why.contains("nft broken by the test"),
+        "{why}"
+    );
+    let st = c.controller.status().unwrap();
+    assert!(st.degraded.is_some(), "{st:?}");
+    assert_eq!(metric(&c, "nftpol_enforcement_degraded"), Some(1.0));
+    let before = st;
+
+    // Changes are still enforced, over netlink: an element (a becomes a
+    // friend of b) and a new pod chain (a isolated).
+    let rv = c.label_pod("a", json!({ "role": "friend" }));
+    c.enforced(rv);
+    c.expect("a", "b", HTTP, true, "a became a friend, nft broken");
+    let rv = c.create_policy(&policy(
+        "a-isolated",
+        json!({ "podSelector": { "matchLabels": { "app": "a" } } }),
+    ));
+    c.enforced(rv);
+    c.expect("b", "a", HTTP, false, "a isolated, nft broken");
+    c.expect("a", "b", HTTP, true, "a isolated, nft broken");
+    let st = c.controller.status().unwrap();
+    assert!(st.degraded.is_some(), "still degraded: {st:?}");
+    assert_eq!(st.full_syncs, before.full_syncs, "{before:?} -> {st:?}");
+
+    // nft works again: a full replacement succeeds (retry or resync).
+    nft.set_broken(false);
+    c.controller
+        .wait_ready(RESYNC + SYNC_TIMEOUT)
+        .unwrap_or_else(|e| panic!("with nft fixed: {e}"));
+    let st = c.controller.status().unwrap();
+    assert_eq!(st.degraded, None);
+    assert!(st.full_syncs > before.full_syncs, "{before:?} -> {st:?}");
+    assert_eq!(metric(&c, "nftpol_enforcement_degraded"), Some(0.0));
+    c.node.conntrack_flush().unwrap();
+    c.expect("b", "a", HTTP, false, "after the full replacement");
+    c.expect("a", "b", HTTP, true, "after the full replacement");
+    c.expect("a", "b", Port::tcp(81), false, "after the full replacement");
+}
+
+#[test]
+fn an_unsafe_bridge_setting_makes_the_controller_unready_until_fixed() {
+    if !lab_ready("an_unsafe_bridge_setting_makes_the_controller_unready_until_fixed") {
+        return;
+    }
+    let c = Cluster::new();
+    let st = c.controller.status().unwrap();
+    assert_eq!(st.node.bridge_nf_call_ip6tables, Some(true), "{st:?}");
+    assert_eq!(st.node.ipv4_forwarding, Some(true), "{st:?}");
+
+    c.node
+        .netns()
+        .sysctl(&["net.bridge.bridge-nf-call-ip6tables=0"])
+        .unwrap();
+    // Found at the next periodic resync.
+    c.controller
+        .wait_readiness(false, RESYNC + SYNC_TIMEOUT)
+        .unwrap_or_else(|e| panic!("with bridge-nf-call-ip6tables=0: {e}"));
+    let why = c.controller.readyz().unwrap_err();
+    assert!(
+        why.contains("net.bridge.bridge-nf-call-ip6tables is 0"),
+        "{why}"
+    );
+    let st = c.controller.status().unwrap();
+    assert_eq!(st.node.bridge_nf_call_ip6tables, Some(false), "{st:?}");
+    assert_eq!(st.node.problems.len(), 1, "{st:?}");
+    assert!(
+        c.controller.log().contains("bridge-nf-call-ip6tables is 0"),
+        "an error is logged:\n{}",
+        c.controller.log_tail(20)
+    );
+
+    c.node
+        .netns()
+        .sysctl(&["net.bridge.bridge-nf-call-ip6tables=1"])
+        .unwrap();
+    c.controller
+        .wait_ready(RESYNC + SYNC_TIMEOUT)
+        .unwrap_or_else(|e| panic!("with bridge-nf-call-ip6tables=1 again: {e}"));
+    assert_eq!(
+        c.controller.status().unwrap().node.problems,
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn kube_proxy_in_ipvs_mode_makes_the_controller_unready() {
+    if !lab_ready("kube_proxy_in_ipvs_mode_makes_the_controller_unready") {
+        return;
+    }
+    let c = Cluster::new();
+    // kube-proxy makes a dummy device; any link of that name shows IPVS mode.
+    c.node
+        .netns()
+        .ip(&["link", "add", "kube-ipvs0", "type", "bridge"])
+        .unwrap();
+    c.controller
+        .wait_readiness(false, RESYNC + SYNC_TIMEOUT)
+        .unwrap_or_else(|e| panic!("with kube-ipvs0: {e}"));
+    let why = c.controller.readyz().unwrap_err();
+    assert!(
+        why.contains("IPVS mode") && why.contains("kube-ipvs0"),
+        "{why}"
+    );
+    assert!(c.controller.status().unwrap().node.kube_proxy_ipvs);
+    assert!(c.controller.log().contains("kube-proxy runs in IPVS mode"));
+}
+
+#[test]
+fn the_flows_of_a_deleted_pod_are_deleted_from_conntrack() {
+    if !lab_ready("the_flows_of_a_deleted_pod_are_deleted_from_conntrack") {
+        return;
+    }
+    let mut c = Cluster::new();
+    c.pod("a", 10, json!({ "app": "a" }));
+    c.pod("b", 11, json!({ "app": "b" }));
+    let rv = c.pod("gone", 12, json!({ "app": "gone" }));
+    c.enforced(rv);
+    let dns = Port::udp(53);
+    for pod in ["b", "gone"] {
+        c.lab_pod(pod).serve(&[dns]).unwrap();
+        assert!(c.can("a", pod, dns), "a -> {pod} over UDP");
+    }
+    let gone_ip = IpAddr::from(c.lab_pod("gone").ipv4());
+    let b_ip = IpAddr::from(c.lab_pod("b").ipv4());
+    let mut ct = nftpol::conntrack::Conntrack::open(Some(&c.node.netns().path())).unwrap();
+    let flows_of = |ct: &mut nftpol::conntrack::Conntrack, ip: IpAddr| {
+        ct.entries()
+            .unwrap()
+            .iter()
+            .filter(|e| e.original.dst == ip && e.original.proto == 17)
+            .count()
+    };
+    assert_eq!(flows_of(&mut ct, gone_ip), 1);
+    assert_eq!(flows_of(&mut ct, b_ip), 1);
+
+    // The pod object goes; the next pod with its address must not
+    // inherit its flows.
+    c.rt.block_on(c.pods_api().delete("gone", &DeleteParams::default()))
+        .expect("delete the pod");
+    let rv = c.store.resource_version();
+    c.controller
+        .wait_synced(rv, SYNC_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        flows_of(&mut ct, gone_ip),
+        0,
+        "the deleted pod's flow is gone"
+    );
+    assert_eq!(flows_of(&mut ct, b_ip), 1, "other flows stay");
+    assert!(
+        metric(&c, "nftpol_conntrack_entries_deleted_total").is_some_and(|n| n >= 1.0),
+        "{}",
+        c.controller.log_tail(10)
+    );
 }

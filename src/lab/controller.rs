@@ -80,6 +80,10 @@ pub struct ControllerStatus {
     pub full_syncs: u64,
     pub failed_syncs: u64,
     pub last_error: Option<String>,
+    /// Why enforcement is degraded (a wanted full replacement keeps failing).
+    pub degraded: Option<String>,
+    /// The last check of the node's settings.
+    pub node: crate::watch::node::NodeCheck,
     pub chains: usize,
     pub rules: usize,
     pub set_elements: usize,

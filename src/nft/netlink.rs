@@ -30,14 +30,12 @@
 //! full replacement (nft text); [`carries`] tells which batches can go here.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
     setsockopt, socket, sockopt,
@@ -48,11 +46,11 @@ use super::exec::NftError;
 use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet, Ruleset};
 use super::ops::Op;
 
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
-const NLA_F_NESTED: u16 = 0x8000;
+pub(crate) const NLA_F_NESTED: u16 = 0x8000;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -774,19 +772,26 @@ fn next_addr(a: IpAddr) -> Option<IpAddr> {
 
 /// Netlink message and attribute writer (native-endian headers, 4-byte
 /// alignment).
-struct Writer {
-    buf: Vec<u8>,
+pub(crate) struct Writer {
+    pub(crate) buf: Vec<u8>,
 }
 
 impl Writer {
-    fn pad(&mut self) {
+    pub(crate) fn pad(&mut self) {
         while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
 
     /// `nlmsghdr` + `nfgenmsg`; returns the message's offset.
-    fn msg_start(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    pub(crate) fn msg_start(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        seq: u32,
+        family: u8,
+        res_id: u16,
+    ) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -799,13 +804,13 @@ impl Writer {
         at
     }
 
-    fn msg_end(&mut self, at: usize) {
+    pub(crate) fn msg_end(&mut self, at: usize) {
         self.pad();
         let len = (self.buf.len() - at) as u32;
         self.buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
+    pub(crate) fn attr(&mut self, ty: u16, payload: &[u8]) {
         let len = u16::try_from(4 + payload.len()).expect("small attribute");
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -814,18 +819,18 @@ impl Writer {
     }
 
     /// A big-endian u32, as nf_tables attributes are.
-    fn attr_u32(&mut self, ty: u16, v: u32) {
+    pub(crate) fn attr_u32(&mut self, ty: u16, v: u32) {
         self.attr(ty, &v.to_be_bytes());
     }
 
-    fn attr_str(&mut self, ty: u16, s: &str) {
+    pub(crate) fn attr_str(&mut self, ty: u16, s: &str) {
         let mut z = Vec::with_capacity(s.len() + 1);
         z.extend_from_slice(s.as_bytes());
         z.push(0);
         self.attr(ty, &z);
     }
 
-    fn nest_start(&mut self, ty: u16) -> usize {
+    pub(crate) fn nest_start(&mut self, ty: u16) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
         self.buf
@@ -833,7 +838,7 @@ impl Writer {
         at
     }
 
-    fn nest_end(&mut self, at: usize) {
+    pub(crate) fn nest_end(&mut self, at: usize) {
         let len = u16::try_from(self.buf.len() - at).expect("element lists are split below 64 KiB");
         self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
     }
@@ -853,22 +858,7 @@ impl Netlink {
     /// the one at `netns` (e.g. `/var/run/netns/NAME`). Needs CAP_NET_ADMIN
     /// only to change the ruleset, not to open.
     pub fn open(netns: Option<&Path>) -> Result<Self, NftError> {
-        let fd = match netns {
-            None => open_socket(),
-            Some(path) => std::thread::scope(|s| {
-                s.spawn(|| {
-                    let file = File::open(path).map_err(|e| {
-                        NftError::Netlink(format!("opening {}: {e}", path.display()))
-                    })?;
-                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        NftError::Netlink(format!("entering {}: {e}", path.display()))
-                    })?;
-                    open_socket()
-                })
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            }),
-        }?;
+        let fd = crate::netns::in_netns(netns, open_socket).map_err(NftError::Netlink)??;
         Ok(Self {
             fd,
             seq: std::process::id().wrapping_shl(16),
@@ -962,7 +952,9 @@ impl Netlink {
     }
 }
 
-fn open_socket() -> Result<OwnedFd, NftError> {
+/// A bound `NETLINK_NETFILTER` socket with a receive timeout (nf_tables
+/// here; ctnetlink in [`crate::conntrack`]).
+pub(crate) fn open_socket() -> Result<OwnedFd, NftError> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -999,22 +991,46 @@ fn describe(op: &Op) -> String {
 
 /// The `(sequence number, error code)` of every `NLMSG_ERROR` in a datagram
 /// (code 0: an acknowledgement).
-fn answers(mut data: &[u8]) -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    while data.len() >= 16 {
+fn answers(data: &[u8]) -> Vec<(u32, i32)> {
+    messages(data)
+        .filter_map(|m| m.error_code().map(|code| (m.seq, code)))
+        .collect()
+}
+
+/// One netlink message of a datagram.
+pub(crate) struct Message<'a> {
+    pub(crate) ty: u16,
+    pub(crate) seq: u32,
+    /// What follows the 16-byte header.
+    pub(crate) payload: &'a [u8],
+}
+
+impl Message<'_> {
+    /// The code of an `NLMSG_ERROR` (0: an acknowledgement).
+    pub(crate) fn error_code(&self) -> Option<i32> {
+        (self.ty == NLMSG_ERROR && self.payload.len() >= 4)
+            .then(|| i32::from_ne_bytes(self.payload[0..4].try_into().expect("4 bytes")))
+    }
+}
+
+/// The messages of a datagram, up to the first malformed one.
+pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    std::iter::from_fn(move || {
+        if data.len() < 16 {
+            return None;
+        }
         let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
         if len < 16 || len > data.len() {
-            break;
+            return None;
         }
-        let ty = u16::from_ne_bytes([data[4], data[5]]);
-        let seq = u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes"));
-        if ty == NLMSG_ERROR && len >= 20 {
-            let code = i32::from_ne_bytes(data[16..20].try_into().expect("4 bytes"));
-            out.push((seq, code));
-        }
+        let message = Message {
+            ty: u16::from_ne_bytes([data[4], data[5]]),
+            seq: u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes")),
+            payload: &data[16..len],
+        };
         data = &data[len.next_multiple_of(4).min(data.len())..];
-    }
-    out
+        Some(message)
+    })
 }
 
 #[cfg(test)]

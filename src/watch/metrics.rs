@@ -45,6 +45,9 @@ pub struct Metrics {
     pub set_elements: Gauge,
     pub isolated_local_pods: Gauge,
     pub invalid_policies: Gauge,
+    pub enforcement_degraded: Gauge,
+    pub node_problems: Gauge,
+    pub conntrack_entries_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -100,6 +103,25 @@ impl Default for Metrics {
             "NetworkPolicies with at least one invalid field",
             invalid_policies.clone(),
         );
+        let enforcement_degraded = Gauge::default();
+        registry.register(
+            "enforcement_degraded",
+            "1 while a wanted full replacement of the table keeps failing (changes still go as \
+             diffs; drift is not repaired)",
+            enforcement_degraded.clone(),
+        );
+        let node_problems = Gauge::default();
+        registry.register(
+            "node_problems",
+            "Unsafe node settings found by the last check (br_netfilter, kube-proxy IPVS mode)",
+            node_problems.clone(),
+        );
+        let conntrack_entries_deleted = Counter::default();
+        registry.register(
+            "conntrack_entries_deleted",
+            "Conntrack entries deleted because their pod address changed owner or was released",
+            conntrack_entries_deleted.clone(),
+        );
         Self {
             registry,
             sync_duration,
@@ -112,6 +134,9 @@ impl Default for Metrics {
             set_elements,
             isolated_local_pods,
             invalid_policies,
+            enforcement_degraded,
+            node_problems,
+            conntrack_entries_deleted,
         }
     }
 }

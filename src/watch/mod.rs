@@ -21,10 +21,12 @@
 //! signal (`/status`) needs exactly those to be right for idle kinds and
 //! after a relist.
 
+pub mod flows;
 pub mod guard;
 pub mod http;
 pub mod list;
 pub mod metrics;
+pub mod node;
 pub mod ports;
 mod reconcile;
 pub mod store;
@@ -64,7 +66,8 @@ pub struct RunConfig {
     /// for all of them through `nft`.
     pub netlink: Option<NetlinkAt>,
     /// The network namespace nftpol enforces in (a file such as
-    /// `/run/netns/NAME`); `None`: its own.
+    /// `/run/netns/NAME`); `None`: its own. Also where the node's settings
+    /// are checked and conntrack entries deleted.
     pub netns: Option<PathBuf>,
     /// Bridges whose ports get the port guard; empty: no guard.
     pub pod_bridges: std::collections::BTreeSet<String>,
@@ -113,6 +116,19 @@ impl Stores {
             namespaces: self.namespaces.take_changes(),
             policies: self.policies.take_changes(),
         }
+    }
+
+    /// [`take_changes`](Self::take_changes), and, when pods changed, every
+    /// pod as the changes leave the pod store (what a compiler fed the
+    /// delta holds).
+    pub fn take_changes_and_pods(&self) -> (Delta, Option<Vec<Arc<PodInfo>>>) {
+        let (pods, all_pods) = self.pods.take_changes_and_values();
+        let delta = Delta {
+            pods,
+            namespaces: self.namespaces.take_changes(),
+            policies: self.policies.take_changes(),
+        };
+        (delta, all_pods)
     }
 
     /// Makes the next [`take_changes`](Self::take_changes) return everything.
@@ -212,6 +228,8 @@ pub struct Shared {
     /// When the oldest change not yet enforced arrived.
     pending_since: Mutex<Option<Instant>>,
     status: Mutex<SyncStatus>,
+    /// What the last check of the node's settings found.
+    node: Mutex<node::NodeCheck>,
     /// Watchers currently failing (kind names).
     watch_errors: Mutex<BTreeMap<&'static str, String>>,
     /// Why the port guard could not be updated, while it cannot.
@@ -226,6 +244,7 @@ impl Default for Shared {
             changed: Notify::new(),
             pending_since: Mutex::new(None),
             status: Mutex::new(SyncStatus::default()),
+            node: Mutex::new(node::NodeCheck::default()),
             watch_errors: Mutex::new(BTreeMap::new()),
             guard_error: Mutex::new(None),
         }
@@ -266,10 +285,41 @@ impl Shared {
     }
 
     pub fn status(&self) -> SyncStatus {
-        self.status.lock().expect("lock").clone()
+        let mut st = self.status.lock().expect("lock").clone();
+        st.node = self.node_check();
+        st
     }
 
-    /// Ready: every store listed, no watcher failing, last apply succeeded.
+    /// What the last check of the node's settings found.
+    pub fn node_check(&self) -> node::NodeCheck {
+        self.node.lock().expect("lock").clone()
+    }
+
+    /// Records a check of the node's settings: logs each problem as an
+    /// error (every check, so that it stays visible), and their end.
+    pub fn record_node_check(&self, check: node::NodeCheck) {
+        for problem in &check.problems {
+            error!("{problem}");
+        }
+        let mut last = self.node.lock().expect("lock");
+        if check.problems.is_empty() && !last.problems.is_empty() {
+            info!("the node's settings are safe again");
+        }
+        if check.ipv4_forwarding != last.ipv4_forwarding
+            || check.ipv6_forwarding != last.ipv6_forwarding
+        {
+            info!(
+                ipv4_forwarding = ?check.ipv4_forwarding,
+                ipv6_forwarding = ?check.ipv6_forwarding,
+                "forwarding settings of the enforced network namespace"
+            );
+        }
+        self.metrics.node_problems.set(check.problems.len() as i64);
+        *last = check;
+    }
+
+    /// Ready: every store listed, no watcher failing, the node's settings
+    /// safe, last apply succeeded and enforcement not degraded.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.stores.synced() {
             return Err(
@@ -280,14 +330,31 @@ impl Shared {
         if let Some((kind, e)) = errors.iter().next() {
             return Err(format!("watch of {kind} failing: {e}"));
         }
+        // Every reason that holds, so that one does not hide another.
+        let mut why: Vec<String> = Vec::new();
+        let node = self.node_check();
+        if !node.problems.is_empty() {
+            why.push(format!(
+                "unsafe node settings: {}",
+                node.problems.join("; ")
+            ));
+        }
         if let Some(e) = &*self.guard_error.lock().expect("lock") {
-            return Err(e.clone());
+            why.push(e.clone());
         }
         let st = self.status();
+        if let Some(e) = &st.degraded {
+            why.push(format!("enforcement degraded: {e}"));
+        }
         match (&st.last_error, st.syncs) {
-            (Some(e), _) => Err(format!("last sync failed: {e}")),
-            (None, 0) => Err("no sync yet".into()),
-            (None, _) => Ok(()),
+            (Some(e), _) => why.push(format!("last sync failed: {e}")),
+            (None, 0) => why.push("no sync yet".into()),
+            (None, _) => {}
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
         }
     }
 
@@ -427,27 +494,10 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Warns when bridged traffic would bypass the IP hooks.
-fn check_br_netfilter() {
-    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-    match std::fs::read_to_string(path) {
-        Ok(v) if v.trim() == "1" => {}
-        Ok(v) => error!(
-            "{path} is {}: same-node pod traffic over the bridge is NOT filtered; \
-             set net.bridge.bridge-nf-call-iptables=1",
-            v.trim()
-        ),
-        Err(e) => error!(
-            "cannot read {path} ({e}): br_netfilter seems not loaded, same-node pod traffic \
-             over the bridge is NOT filtered; modprobe br_netfilter and set \
-             net.bridge.bridge-nf-call-iptables=1"
-        ),
-    }
-}
-
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
-    check_br_netfilter();
+    let shared = Arc::new(Shared::default());
+    shared.record_node_check(node::check(cfg.netns.as_deref()));
     let mut syncer = Syncer::new(cfg.nft.clone(), cfg.table.clone());
     if let Some(at) = &cfg.netlink {
         let socket = Netlink::open(at.netns.as_deref()).map_err(|e| {
@@ -460,8 +510,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             "incremental changes go over nftpol's nf_tables netlink socket; full replacements of the table through nft"
         );
     }
+    let stale_flows = match flows::StaleFlows::open(cfg.netns.as_deref()) {
+        Ok(flows) => Some(flows),
+        Err(e) => {
+            error!(error = %e, "cannot open a conntrack socket: the flows of pods that go away are NOT deleted");
+            None
+        }
+    };
     let client = client(cfg.kubeconfig.as_ref()).await?;
-    let shared = Arc::new(Shared::default());
 
     tokio::spawn(feed(
         Api::<Pod>::all(client.clone()),
@@ -497,6 +553,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let reconciler = tokio::spawn(reconcile::run(
         cfg.clone(),
         syncer,
+        stale_flows,
         shared.clone(),
         Some(recorder),
         stop_rx,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -16,11 +16,12 @@ use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
+use super::flows::StaleFlows;
 use super::guard::PortGuard;
 use super::metrics::{SyncKind, SyncLabels};
 use super::{RunConfig, Shared};
 use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
-use crate::nft::{self, Syncer};
+use crate::nft::{self, Syncer, retry_delay};
 
 /// What `/status` reports: the signal tests and tools wait on.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -42,6 +43,13 @@ pub struct SyncStatus {
     pub failed_syncs: u64,
     /// The error of the last sync, when it failed.
     pub last_error: Option<String>,
+    /// Why enforcement is degraded: a wanted full replacement of the table
+    /// (periodic resync, or after a failed diff) keeps failing. Changes
+    /// are still enforced, as diffs; drift is not repaired.
+    pub degraded: Option<String>,
+    /// The last check of the node's settings (see `watch::node`; filled
+    /// in when read).
+    pub node: super::node::NodeCheck,
     /// Ports of the pod bridges the port guard holds.
     pub guarded_ports: usize,
     /// Local pod addresses no port carries yet.
@@ -62,19 +70,16 @@ impl SyncStatus {
     }
 }
 
-/// Backoff after a failed transaction, doubling up to a minute.
-fn retry_delay(failures: u32) -> Duration {
-    Duration::from_millis(500u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(60))
-}
-
 pub async fn run(
     cfg: RunConfig,
     syncer: Syncer,
+    stale_flows: Option<StaleFlows>,
     shared: Arc<Shared>,
     recorder: Option<Recorder>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut syncer = Some(syncer);
+    let mut stale_flows = stale_flows;
     let mut compiler: Option<Incremental> = None;
     // Reuses the allow-lists of pods whose inputs did not change.
     let mut renderer = Some(nft::render::Renderer::default());
@@ -109,6 +114,11 @@ pub async fn run(
         }
         if full {
             next_resync = Instant::now() + cfg.resync_period;
+            let netns = cfg.netns.clone();
+            let check = tokio::task::spawn_blocking(move || super::node::check(netns.as_deref()))
+                .await
+                .expect("the node check does not panic");
+            shared.record_node_check(check);
         }
         retry_at = None;
         if !shared.stores.synced() {
@@ -135,11 +145,12 @@ pub async fn run(
         let pending = shared.begin_sync();
         // Versions before contents: what the compiler gets is at least this new.
         let versions = shared.stores.resource_versions();
-        let mut delta = shared.stores.take_changes();
+        // The pods as the compiler will hold them: whose addresses are whose.
+        let (mut delta, mut pods) = shared.stores.take_changes_and_pods();
         if full || compiler.is_none() || !delta.is_partial() {
             // From scratch: no drift outlives a full resync.
             shared.stores.mark_all_changed();
-            delta = shared.stores.take_changes();
+            (delta, pods) = shared.stores.take_changes_and_pods();
         }
         let node = cfg.node_name.clone();
         let table = cfg.table.clone();
@@ -148,43 +159,61 @@ pub async fn run(
             s.force_full();
         }
         let c = compiler.take();
+        let mut flows = stale_flows.take();
         let mut r = renderer
             .take()
             .expect("the renderer is put back after each sync");
         let mut g = guard.take();
         // Compile and apply off the async threads: nft is a blocking exec.
-        let (s, c, r, g, guarded, compiled, result) = tokio::task::spawn_blocking(move || {
-            let mut c = delta.apply(c, &node);
-            let compiled = c.compile();
-            // Ports first: a pod that just got its address can send once
-            // both tables have it.
-            let guarded = g.as_mut().map(|g| g.sync(&compiled.plan, full));
-            let rs = r.render(&compiled.plan, &table);
-            // On a thread of its own: the batch document of a full sync is
-            // large and short-lived (~70 MiB for 180k set elements), and
-            // glibc gives back an arena that holds only freed memory, while
-            // the pool thread's arena, which also holds the long-lived
-            // compiler and ruleset, would keep it (100k pods: 205 MiB RSS
-            // after the first sync instead of 137 MiB).
-            let result = std::thread::scope(|scope| {
-                let sync = scope.spawn(|| s.sync(rs));
-                sync.join().expect("the sync thread does not panic")
-            });
-            (s, c, r, g, guarded, compiled, result)
-        })
-        .await
-        .expect("sync task does not panic");
+        let (s, c, r, g, guarded, flows, compiled, result, forgotten) =
+            tokio::task::spawn_blocking(move || {
+                let mut c = delta.apply(c, &node);
+                let compiled = c.compile();
+                // Ports first: a pod that just got its address can send once
+                // both tables have it.
+                let guarded = g.as_mut().map(|g| g.sync(&compiled.plan, full));
+                let rs = r.render(&compiled.plan, &table);
+                // On a thread of its own: the batch document of a full sync is
+                // large and short-lived (~70 MiB for 180k set elements), and
+                // glibc gives back an arena that holds only freed memory, while
+                // the pool thread's arena, which also holds the long-lived
+                // compiler and ruleset, would keep it (100k pods: 205 MiB RSS
+                // after the first sync instead of 137 MiB).
+                let result = std::thread::scope(|scope| {
+                    let sync = scope.spawn(|| s.sync(rs));
+                    sync.join().expect("the sync thread does not panic")
+                });
+                // Flows of addresses that changed hands go once the rules of
+                // their new owner (or none) are in place.
+                let forgotten = match (&result, flows.as_mut()) {
+                    (Ok(_), Some(f)) => Some(f.after_sync(pods.as_deref())),
+                    _ => None,
+                };
+                (s, c, r, g, guarded, flows, compiled, result, forgotten)
+            })
+            .await
+            .expect("sync task does not panic");
+        // A full replacement that keeps failing is retried with backoff,
+        // also when nothing changes.
+        let full_failing = s.full_failing().map(str::to_string);
+        retry_at = s.full_retry_at();
+        let full_retry_at = retry_at;
         syncer = Some(s);
         compiler = Some(c);
         renderer = Some(r);
         guard = g;
+        stale_flows = flows;
+        let retry_after = |retry_at: Option<Instant>, tries: u32| {
+            let next = Instant::now() + retry_delay(tries);
+            Some(retry_at.map_or(next, |t| t.min(next)))
+        };
         match guarded {
             None => {}
             Some(Err(e)) => {
                 error!(error = %e, "port guard not updated; the kernel keeps the previous one");
                 shared.set_guard_error(Some(e));
                 unbound_tries += 1;
-                retry_at = Some(Instant::now() + retry_delay(unbound_tries));
+                retry_at = retry_after(retry_at, unbound_tries);
             }
             Some(Ok(report)) => {
                 shared.set_guard_error(None);
@@ -199,13 +228,30 @@ pub async fn run(
                     unbound_tries = 0;
                 } else {
                     unbound_tries += 1;
-                    retry_at = Some(Instant::now() + retry_delay(unbound_tries));
+                    retry_at = retry_after(retry_at, unbound_tries);
                 }
                 unbound = report.unbound;
                 let mut st = shared.status.lock().expect("lock");
                 st.guarded_ports = report.ports;
                 st.unbound_addresses = unbound.len();
             }
+        }
+        match forgotten {
+            Some(Ok(f)) if f.addresses > 0 => {
+                shared
+                    .metrics
+                    .conntrack_entries_deleted
+                    .inc_by(f.entries as u64);
+                info!(
+                    addresses = f.addresses,
+                    entries = f.entries,
+                    "deleted the conntrack entries of pod addresses that changed owner or were released"
+                );
+            }
+            Some(Err(e)) => {
+                error!(error = %e, "could not delete the conntrack entries of pod addresses that changed owner or were released; trying again after the next pod change")
+            }
+            _ => {}
         }
 
         report_invalid(
@@ -223,9 +269,27 @@ pub async fn run(
         let invalid: HashSet<&ObjectKey> = compiled.diagnostics.iter().map(|d| &d.policy).collect();
         m.invalid_policies.set(invalid.len() as i64);
 
+        m.enforcement_degraded.set(full_failing.is_some() as i64);
+        {
+            let mut st = shared.status.lock().expect("lock");
+            match (&st.degraded, &full_failing) {
+                (Some(_), None) => {
+                    info!("the table was replaced in full again: enforcement is no longer degraded")
+                }
+                (None, Some(e)) => {
+                    error!(error = %e, "enforcement degraded: the full replacement of the table failed; changes still go to the kernel as diffs against what was applied, drift is not repaired until a full replacement succeeds")
+                }
+                _ => {}
+            }
+            st.degraded = full_failing;
+        }
+
         match result {
             Ok(report) => {
                 failures = 0;
+                if let (Some(e), Some(t)) = (&report.full_failed, full_retry_at) {
+                    warn!(error = %e, retry_in_ms = t.saturating_duration_since(Instant::now()).as_millis() as u64, "the full replacement of the table failed; the change went as a diff");
+                }
                 let kind = if report.full {
                     SyncKind::Full
                 } else {
@@ -292,7 +356,8 @@ pub async fn run(
                     .lock()
                     .expect("lock")
                     .get_or_insert(pending.unwrap_or(started));
-                retry_at = Some(Instant::now() + delay);
+                let next = Instant::now() + delay;
+                retry_at = Some(retry_at.map_or(next, |t| t.min(next)));
             }
         }
     }
