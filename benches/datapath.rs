@@ -69,8 +69,8 @@ use nftpol::compiler::{
 use nftpol::lab::{DEFAULT_TIMEOUT, Netns, Node, NodeConfig, Pod, Probe, probe_all};
 use nftpol::nft::guard::GuardSyncer;
 use nftpol::nft::{Ruleset, Syncer, render};
-use nftpol::watch::guard::PortGuard;
 use nftpol::synth::{SynthSpec, synth_cluster};
+use nftpol::watch::guard::PortGuard;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
 use socket2::{Domain, Socket, Type};

@@ -147,9 +147,12 @@ fn a_new_isolated_local_pod_adds_its_sets_chain_and_dispatch_entry_only() {
     assert_eq!(
         kinds(&ops),
         [
-            ["add set"; 4].as_slice(),
+            // Its address joins the isolated set (what falls through its
+            // chain is dropped), in the same transaction.
+            ["add elements"].as_slice(),
+            &["add set"; 4],
             &["add chain"],
-            &["add rule"; 6],
+            &["add rule"; 5],
             &["add map entry"],
         ]
         .concat(),
