@@ -435,3 +435,66 @@ fn a_flushed_pod_chain_denies_instead_of_opening_the_pod() {
     assert!(!received(&at_d), "x/a let out by a flushed chain");
     drop(at_a);
 }
+
+#[test]
+fn neighbour_discovery_types_pass_before_the_dispatch_only_with_hop_limit_255() {
+    if !lab_ready("neighbour_discovery_types_pass_before_the_dispatch_only_with_hop_limit_255") {
+        return;
+    }
+    // A neighbour solicitation carries a payload to any raw ICMPv6 socket;
+    // one that was routed (hop limit below 255) is no neighbour discovery
+    // and must meet x/c's chain like any other packet from x/d.
+    let w = World::new();
+    let c6 = w.pod("c").ipv6().unwrap();
+    let listener = w
+        .pod("c")
+        .netns()
+        .run(|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::ICMPV6),
+            )
+            .expect("raw ICMPv6 socket");
+            s.set_read_timeout(Some(WAIT)).unwrap();
+            s
+        })
+        .unwrap();
+    let heard = |hops: u32| {
+        w.pod("d")
+            .netns()
+            .run(move || {
+                let s = socket2::Socket::new(
+                    socket2::Domain::IPV6,
+                    socket2::Type::RAW,
+                    Some(socket2::Protocol::ICMPV6),
+                )
+                .expect("raw ICMPv6 socket");
+                s.set_unicast_hops_v6(hops).unwrap();
+                // Type 135 (neighbour solicitation), code 0, checksum (the
+                // kernel fills it), reserved, target, then a marker.
+                let mut msg = vec![135, 0, 0, 0, 0, 0, 0, 0];
+                msg.extend(c6.octets());
+                msg.extend(b"covert");
+                let to = SocketAddr::new(IpAddr::V6(c6), 0);
+                s.send_to(&msg, &to.into()).expect("send");
+            })
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 256];
+        while Instant::now() < deadline {
+            let Ok(n) = std::io::Read::read(&mut &listener, &mut buf) else {
+                return false;
+            };
+            if buf[0] == 135 && buf[..n].ends_with(b"covert") {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(
+        !heard(64),
+        "a routed-looking solicitation from x/d reached x/c"
+    );
+    assert!(heard(255), "a real one (hop limit 255) still passes");
+}

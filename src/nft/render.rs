@@ -46,7 +46,7 @@ use crate::compiler::plan::{
     AddrSet, AddrSetKind, Match, PodChain, PolicyChain, PolicyId, PortSet, SetId,
 };
 use crate::compiler::ranges::to_u128;
-use crate::compiler::{Direction, ObjectKey, Plan, PortMatch, stable_hash_hex};
+use crate::compiler::{Direction, ObjectKey, Plan, PortMatch};
 
 use super::model::{
     Action, AddrField, Cond, Elem, Hook, KeyType, NftChain, NftMap, NftRule, NftSet, Part, Ruleset,
@@ -90,12 +90,18 @@ pub fn isolated_set(d: Direction, v6: bool) -> String {
 /// `head` as is when short enough, else its start and a hash of the whole.
 /// Kubernetes names use `[a-z0-9.-]`; with the `/` and `_` added here every
 /// name stays an nft identifier, which a full sync's nft text needs (nft
-/// 1.0.6 takes no quoted names).
+/// 1.0.6 takes no quoted names). The hash is 128 bits of SHA-256: two pods
+/// whose long names shared a hash would share a chain, and a namespace
+/// owner could search for a clash of a short or non-cryptographic one.
 fn bounded(head: String) -> String {
     if head.len() <= MAX_NAME {
         return head;
     }
-    let hash = stable_hash_hex(&head);
+    let digest = ring::digest::digest(&ring::digest::SHA256, head.as_bytes());
+    let hash: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut cut = MAX_NAME - hash.len() - 1;
     while !head.is_char_boundary(cut) {
         cut -= 1;
