@@ -63,7 +63,7 @@ pub fn policy_key(np: &NetworkPolicy) -> ObjectKey {
 pub struct Incremental {
     node: String,
     world: World,
-    /// Resolved sets by content key (the key also names the set).
+    /// Resolved sets by content key (the key is also the set's id).
     cache: HashMap<String, Entry>,
 }
 
@@ -165,7 +165,6 @@ struct PolicyEntry {
 struct Entry {
     /// What its content depends on.
     dep: Dep,
-    id: SetId,
     content: Content,
     /// Used by the compilation under way (unused entries are dropped after it).
     used: bool,
@@ -711,22 +710,23 @@ impl Pass<'_> {
             e.used = true;
             return Some(None);
         }
+        let id = set_id(key);
         if !e.used {
             e.used = true;
             match &e.content {
                 Content::Addr { set, .. } => {
-                    self.plan.addr_sets.insert(e.id.clone(), set.clone());
+                    self.plan.addr_sets.insert(id.clone(), set.clone());
                 }
                 Content::Port { set, .. } => {
-                    self.plan.port_sets.insert(e.id.clone(), set.clone());
+                    self.plan.port_sets.insert(id.clone(), set.clone());
                 }
             }
         }
-        Some(Some(e.id.clone()))
+        Some(Some(id))
     }
 
     /// Resolves a set from scratch, caches it and puts it in the plan.
-    fn resolve(&mut self, key: String, id: SetId, dep: Dep, mut content: Content) -> Option<SetId> {
+    fn resolve(&mut self, key: String, dep: Dep, mut content: Content) -> Option<SetId> {
         let pods = match &dep {
             Dep::Fixed => Vec::new(),
             Dep::Pods(scope, sel) => self.world.peer_pods(scope, sel),
@@ -737,7 +737,6 @@ impl Pass<'_> {
         }
         let entry = Entry {
             dep,
-            id,
             content,
             used: false,
         };
@@ -772,8 +771,7 @@ impl Pass<'_> {
                 (Dep::Fixed, content)
             }
         };
-        let id = set_id("peer", &key);
-        self.resolve(key, id, dep, content)
+        self.resolve(key, dep, content)
     }
 
     /// The named-port set of an egress rule: the numbers the peer's pods
@@ -806,9 +804,8 @@ impl Pass<'_> {
         if let Some(id) = self.cached(&key) {
             return id;
         }
-        let id = set_id("port", &key);
         let content = Content::ports(description, name, protocol);
-        self.resolve(key, id, dep, content)
+        self.resolve(key, dep, content)
     }
 
     /// The named-port set of an ingress rule: the numbers the policy's
@@ -826,7 +823,7 @@ impl Pass<'_> {
         }
         let set = port_elements(selected, name, protocol);
         let id = (!set.elements.is_empty()).then(|| {
-            let id = set_id("port", &key);
+            let id = set_id(&key);
             let set = PortSet {
                 description: format!(
                     "port {name}/{protocol} of local pods selected by {}",
@@ -937,6 +934,8 @@ mod tests {
             node: Some(node.into()),
             ips: vec![ip.parse().expect("an address")].into(),
             host_network: false,
+            deleting: false,
+            created: 0,
             phase: Some("Running".into()),
             named_ports: Vec::new().into(),
         })

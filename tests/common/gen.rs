@@ -545,6 +545,8 @@ pub fn pod_info(ns: &str, name: &str, host: u8, p: PodGen) -> PodInfo {
         node: Some(NODES[p.node as usize].into()),
         ips: ips.into(),
         host_network,
+        deleting: false,
+        created: 0,
         phase: Some(phase.into()),
         named_ports: named_ports.into(),
     }
