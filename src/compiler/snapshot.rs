@@ -617,13 +617,11 @@ impl Snapshot {
         self.policies.push(Arc::new(policy));
     }
 
-    /// Labels of a namespace; a namespace with no object still has its
-    /// name label, as it would on a real API server.
-    pub fn namespace_labels(&self, name: &str) -> Labels {
-        match self.namespaces.get(name) {
-            Some(ns) => ns.labels.clone(),
-            None => NamespaceInfo::new(name, Labels::new()).labels,
-        }
+    /// Labels of a namespace, when its Namespace object is known. Without
+    /// it, a namespace's labels are unknown (the object may not have been
+    /// seen yet): no namespace selector matches it, not even `{}`.
+    pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name).map(|ns| &ns.labels)
     }
 
     pub fn pod(&self, key: &ObjectKey) -> Option<&Arc<PodInfo>> {
