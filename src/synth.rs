@@ -365,6 +365,8 @@ pub fn synth_cluster(spec: &SynthSpec) -> Snapshot {
             ),
             ips: ips.into(),
             host_network: false,
+            deleting: false,
+            created: 0,
             phase: Some("Running".into()),
             named_ports: app.ports.clone().into(),
         });

@@ -138,3 +138,65 @@ fn explain_refuses_a_host_network_pod_with_a_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("host network"));
 }
+
+/// Issue #11 row F, offline: a pod whose Namespace object is not in the
+/// files matches no namespaceSelector, and explain says why.
+#[test]
+fn explain_treats_a_namespace_without_its_object_as_unselected() {
+    let dir = std::env::temp_dir().join(format!("nftpol-cli-ns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pod = |ns: &str, name: &str, ip: &str| {
+        format!(
+            "kind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{nodeName: node-1, containers: [{{name: c}}]}}\n\
+             status: {{phase: Running, podIP: {ip}}}\n---\n"
+        )
+    };
+    let cluster = format!(
+        "kind: Namespace\nmetadata: {{name: staging}}\n---\n{}{}\
+         kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\n\
+         metadata: {{name: trusted-only, namespace: staging}}\n\
+         spec:\n  podSelector: {{}}\n  ingress:\n  - from:\n    - namespaceSelector:\n        \
+         matchExpressions: [{{key: env, operator: NotIn, values: [untrusted]}}]\n",
+        pod("staging", "backend", "10.244.1.12"),
+        pod("evil", "intruder", "10.244.1.66"),
+    );
+    std::fs::write(dir.join("cluster.yaml"), cluster).unwrap();
+    let explain = || {
+        let out = nftpol(&[
+            "explain",
+            "--cluster",
+            dir.to_str().unwrap(),
+            "--from",
+            "evil/intruder",
+            "--to",
+            "staging/backend",
+            "--port",
+            "80/TCP",
+        ]);
+        text(&out.stdout)
+    };
+    let unseen = explain();
+    assert!(unseen.contains(": DENIED"), "{unseen}");
+    assert!(
+        unseen.contains("namespace evil has no Namespace object"),
+        "{unseen}"
+    );
+    let ns = dir.join("evil.yaml");
+    std::fs::write(
+        &ns,
+        "kind: Namespace\nmetadata: {name: evil, labels: {env: untrusted}}\n",
+    )
+    .unwrap();
+    let untrusted = explain();
+    assert!(untrusted.contains(": DENIED"), "{untrusted}");
+    assert!(!untrusted.contains("no Namespace object"), "{untrusted}");
+    std::fs::write(
+        &ns,
+        "kind: Namespace\nmetadata: {name: evil, labels: {env: dev}}\n",
+    )
+    .unwrap();
+    let trusted = explain();
+    assert!(trusted.contains(": ALLOWED"), "{trusted}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -38,7 +38,8 @@ use proptest::sample::Index;
 /// How a policy is made invalid.
 #[derive(Clone, Copy, Debug)]
 enum Breakage {
-    /// A bad podSelector: the whole policy is skipped (an error).
+    /// A podSelector that cannot be read: the policy isolates its whole
+    /// namespace and allows nothing (an error).
     Selector,
     /// An extra ingress rule with a bad CIDR: that rule allows nothing (a
     /// warning).
@@ -61,7 +62,8 @@ enum Change {
     TouchPolicy(Index),
     /// Creates the namespace object when it is missing.
     RelabelNamespace(usize, Labels),
-    /// Deletes the namespace object (its pods stay, with the name label only).
+    /// Deletes the namespace object (its pods stay, and no namespace
+    /// selector matches them until it is back).
     RemoveNamespace(usize),
 }
 

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::reference::{allows, allows_ip, allows_packet, cidr_contains};
+use common::reference::{self, allows, allows_ip, allows_packet, cidr_contains};
 use common::*;
-use nftpol::compiler::snapshot::{Protocol, Snapshot};
+use nftpol::compiler::snapshot::{PodInfo, Protocol, Snapshot};
 
 use Protocol::{Sctp, Tcp, Udp};
 
@@ -692,4 +692,135 @@ fn cidr_matching_respects_prefix_and_family() {
     assert!(!cidr_contains("fd00:10:244:1::/64", ip("fd00:10:244:2::a")));
     assert!(cidr_contains("10.244.0.12/32", ip("10.244.0.12")));
     assert!(!cidr_contains("10.244.0.12/32", ip("10.244.0.13")));
+}
+
+/// dev/client → prod/db on TCP 5432.
+fn client_reaches_db(snap: &Snapshot) -> bool {
+    allows(snap, &key("dev/client"), &key("prod/db"), Tcp, 5432)
+}
+
+#[test]
+fn a_namespace_without_its_object_matches_no_namespace_selector() {
+    let mut snap = cluster(vec![db_ingress(json!({
+        "from": [{ "namespaceSelector": {} }],
+    }))]);
+    snap.add_pod(mk_pod("evil", "x", "node-0", "10.244.0.66", &[]));
+    assert!(!allows(&snap, &key("evil/x"), &key("prod/db"), Tcp, 5432));
+    assert!(client_reaches_db(&snap));
+    snap.add_namespace(mk_ns("evil", &[]));
+    assert!(allows(&snap, &key("evil/x"), &key("prod/db"), Tcp, 5432));
+}
+
+#[test]
+fn pod_selector_peers_of_a_namespace_without_its_object_still_match() {
+    let mut snap = cluster(vec![]);
+    snap.namespaces.remove("prod");
+    snap.add_policy(db_ingress(json!({
+        "from": [{ "podSelector": { "matchLabels": { "app": "web" } } }],
+    })));
+    assert!(allows(&snap, &key("prod/web"), &key("prod/db"), Tcp, 5432));
+}
+
+#[test]
+fn label_values_are_compared_literally() {
+    let mut snap = cluster(vec![mk_policy(
+        "prod",
+        "deny",
+        json!({"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "NotIn", "values": ["retired app"]}]}}),
+    )]);
+    snap.add_pod(mk_pod(
+        "prod",
+        "old",
+        "node-1",
+        "10.244.1.20",
+        &[("app", "retired app")],
+    ));
+    assert!(!client_reaches_db(&snap));
+    assert!(allows(&snap, &key("dev/client"), &key("prod/old"), Tcp, 80));
+}
+
+#[test]
+fn an_unreadable_pod_selector_isolates_the_namespace_and_allows_nothing() {
+    let snap = cluster(vec![mk_policy(
+        "prod",
+        "bad",
+        json!({"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": []}]},
+            "ingress": [{}]}),
+    )]);
+    assert!(!client_reaches_db(&snap));
+    assert!(!allows(
+        &snap,
+        &key("dev/client"),
+        &key("prod/web"),
+        Tcp,
+        80
+    ));
+    assert!(allows(&snap, &key("prod/web"), &key("dev/client"), Tcp, 80));
+}
+
+#[test]
+fn a_rule_with_an_unreadable_peer_selector_allows_nothing() {
+    let snap = cluster(vec![db_ingress(json!({
+        "from": [
+            { "podSelector": { "matchExpressions": [
+                {"key": "app", "operator": "NotIn", "values": []}] } },
+            { "namespaceSelector": {} },
+        ],
+    }))]);
+    assert!(!client_reaches_db(&snap));
+    assert!(!allows(&snap, &key("prod/web"), &key("prod/db"), Tcp, 5432));
+}
+
+#[test]
+fn an_address_belongs_to_its_newest_claimant_not_being_deleted() {
+    let old = mk_pod("dev", "old", "node-1", "10.244.1.11", &[]).created(100);
+    let snap = |new: PodInfo| {
+        let mut s = cluster(vec![]);
+        s.pods.retain(|p| p.key != key("prod/db"));
+        s.add_pod(old.clone());
+        s.add_pod(new);
+        s
+    };
+    let new = mk_pod("prod", "db", "node-1", "10.244.1.11", &[]).created(200);
+    let owner = |s: &Snapshot| reference::owner(s, ip("10.244.1.11")).map(|p| p.key.to_string());
+    assert_eq!(owner(&snap(new.clone())).as_deref(), Some("prod/db"));
+    assert_eq!(
+        owner(&snap(new.clone().deleting())).as_deref(),
+        Some("dev/old")
+    );
+    assert_eq!(
+        owner(&snap(new.clone().created(100))).as_deref(),
+        Some("prod/db"),
+        "equally new: the greater namespace/name"
+    );
+    let mut all_deleting = snap(new.clone().deleting());
+    all_deleting.pods.retain(|p| p.key != key("dev/old"));
+    all_deleting.add_pod(old.clone().deleting());
+    assert_eq!(owner(&all_deleting).as_deref(), Some("prod/db"));
+    let s = snap(new);
+    assert!(reference::owned_ips(&s, s.pod(&key("dev/old")).unwrap()).is_empty());
+}
+
+#[test]
+fn a_policy_selecting_an_address_loser_does_not_hold_the_address() {
+    // dev/old lost 10.244.1.11 to prod/db: dev's deny-all does not apply to
+    // the address, and a peer selecting dev/old does not match it.
+    let mut snap = cluster(vec![mk_policy(
+        "dev",
+        "deny",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    )]);
+    snap.add_pod(mk_pod("dev", "old", "node-1", "10.244.1.11", &[]).created(1));
+    snap.pods.retain(|p| p.key != key("prod/db"));
+    snap.add_pod(mk_pod("prod", "db", "node-1", "10.244.1.11", &[("app", "db")]).created(2));
+    assert!(allows(&snap, &key("prod/web"), &key("prod/db"), Tcp, 5432));
+    assert!(!allows(
+        &snap,
+        &key("prod/web"),
+        &key("dev/client"),
+        Tcp,
+        80
+    ));
 }

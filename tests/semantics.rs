@@ -658,18 +658,51 @@ fn bad_ports_are_reported_by_field() {
 }
 
 #[test]
-fn a_bad_peer_selector_disables_its_rule() {
-    let s = cluster(vec![ingress(
-        "x",
-        "bad",
-        json!({}),
-        json!([{"from": [{"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": []}]}}]}]),
-    )]);
-    assert_eq!(
-        diagnostics(&s)[0].2,
-        "spec.ingress[0].from[0].podSelector.matchExpressions[0].values"
-    );
-    assert!(!allowed(&s, "x/b", "x/a", Tcp, 80));
+fn a_peer_selector_that_cannot_be_read_disables_its_rule() {
+    let unreadable = [
+        (
+            json!({"key": "app", "operator": "In", "values": []}),
+            "matchExpressions[0].values",
+        ),
+        // Read as "not in nothing", it would match every pod.
+        (
+            json!({"key": "app", "operator": "NotIn", "values": []}),
+            "matchExpressions[0].values",
+        ),
+        (
+            json!({"key": "app", "operator": "Exists", "values": ["a"]}),
+            "matchExpressions[0].values",
+        ),
+        (
+            json!({"key": "app", "operator": "DoesNotExist", "values": ["x"]}),
+            "matchExpressions[0].values",
+        ),
+        (
+            json!({"key": "app", "operator": "Matches", "values": ["b"]}),
+            "matchExpressions[0].operator",
+        ),
+    ];
+    for (expr, field) in unreadable {
+        for selector in ["podSelector", "namespaceSelector"] {
+            let s = cluster(vec![ingress(
+                "x",
+                "bad",
+                json!({}),
+                json!([{"from": [{selector: {"matchExpressions": [expr]}}]}]),
+            )]);
+            assert_eq!(
+                diagnostics(&s),
+                [(
+                    Severity::Warning,
+                    "x/bad".into(),
+                    format!("spec.ingress[0].from[0].{selector}.{field}")
+                )],
+                "{expr}"
+            );
+            assert!(!allowed(&s, "x/b", "x/a", Tcp, 80), "{selector} {expr}");
+            assert!(!allowed(&s, "y/a", "x/a", Tcp, 80), "{selector} {expr}");
+        }
+    }
 }
 
 #[test]
@@ -685,14 +718,15 @@ fn a_peer_with_ip_block_and_selector_together_is_rejected() {
 }
 
 #[test]
-fn a_policy_with_an_invalid_pod_selector_is_skipped_with_an_error_and_others_still_apply() {
+fn a_policy_whose_pod_selector_cannot_be_read_isolates_its_whole_namespace_and_allows_nothing() {
     let s = cluster(vec![
         mk_policy(
             "x",
             "bad",
-            json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Equals", "values": ["a"]}]}, "policyTypes": ["Ingress"]}),
+            json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Equals", "values": ["b"]}]},
+                   "policyTypes": ["Ingress"], "ingress": [{}]}),
         ),
-        deny_ingress("y", "deny", json!({})),
+        deny_ingress("y", "deny", json!({"matchLabels": {"app": "c"}})),
     ]);
     assert_eq!(
         diagnostics(&s),
@@ -702,8 +736,112 @@ fn a_policy_with_an_invalid_pod_selector_is_skipped_with_an_error_and_others_sti
             "spec.podSelector.matchExpressions[0].operator".into()
         )]
     );
-    assert!(allowed(&s, "y/a", "x/a", Tcp, 80));
+    // Every pod of x, on both nodes, whatever the selector meant; its
+    // allow-all rule is not applied.
+    assert!(!allowed(&s, "y/a", "x/a", Tcp, 80));
+    assert!(!allowed(&s, "y/a", "x/b", Tcp, 80));
+    assert!(!allowed(&s, "x/b", "x/a", Tcp, 80));
+    // Egress is not among its directions; other policies still apply.
+    assert!(allowed(&s, "x/a", "y/a", Tcp, 80));
+    assert!(!allowed(&s, "x/a", "y/c", Tcp, 80));
+    let plan = compile(&s, "node-1").plan;
+    let chain = plan
+        .pod_chain(Direction::Ingress, "10.0.1.1".parse().unwrap())
+        .expect("x/a is isolated");
+    assert_eq!(chain.policies, [key("x/bad")]);
+}
+
+#[test]
+fn an_unreadable_pod_selector_isolates_the_directions_the_policy_declares() {
+    let s = cluster(vec![mk_policy(
+        "x",
+        "bad",
+        json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": []}]},
+               "egress": [{"to": [{"namespaceSelector": {}}]}]}),
+    )]);
+    assert_eq!(diagnostics(&s)[0].0, Severity::Error);
+    // No policyTypes and an egress rule: Ingress and Egress, allowing nothing.
     assert!(!allowed(&s, "x/a", "y/a", Tcp, 80));
+    assert!(!allowed(&s, "x/b", "y/c", Tcp, 80));
+    assert!(!allowed(&s, "y/a", "x/a", Tcp, 80));
+    assert!(
+        allowed(&s, "y/a", "y/c", Tcp, 80),
+        "other namespaces stay open"
+    );
+}
+
+#[test]
+fn label_values_that_break_label_syntax_are_matched_literally() {
+    let mut s = cluster(vec![
+        // The issue's legacy deny-all: a stored value with a space.
+        mk_policy(
+            "x",
+            "deny-all",
+            json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["retired app"]}]},
+                   "policyTypes": ["Ingress", "Egress"]}),
+        ),
+        ingress(
+            "y",
+            "from-retired",
+            json!({"matchLabels": {"app": "c"}}),
+            json!([{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "retired app"}}}]}]),
+        ),
+    ]);
+    s.add_pod(mk_pod(
+        "x",
+        "old",
+        "node-2",
+        "10.0.2.9",
+        &[("app", "retired app")],
+    ));
+    assert_eq!(diagnostics(&s), []);
+    // Every pod of x but the one labelled exactly "retired app".
+    assert!(!allowed(&s, "y/a", "x/a", Tcp, 80));
+    assert!(!allowed(&s, "y/a", "x/b", Tcp, 80));
+    assert!(!allowed(&s, "x/a", "y/a", Tcp, 80));
+    assert!(allowed(&s, "y/a", "x/old", Tcp, 80));
+    // The matchLabels value selects that pod, and only it.
+    assert!(allowed(&s, "x/old", "y/c", Tcp, 80));
+    assert!(!allowed(&s, "y/a", "y/c", Tcp, 80));
+}
+
+#[test]
+fn a_value_with_commas_is_one_value_not_a_list() {
+    // Two selectors kube would print alike (`app=a,tier=web`), in policies
+    // of pods on one node, must not share one peer set.
+    let mut s = cluster(vec![
+        ingress(
+            "x",
+            "from-a-web",
+            json!({"matchLabels": {"app": "t"}}),
+            json!([{"from": [{"podSelector": {"matchLabels": {"app": "a", "tier": "web"}}}]}]),
+        ),
+        ingress(
+            "x",
+            "from-odd",
+            json!({"matchLabels": {"app": "a"}}),
+            json!([{"from": [{"podSelector": {"matchLabels": {"app": "a,tier=web"}}}]}]),
+        ),
+    ]);
+    s.add_pod(mk_pod("x", "t", "node-1", "10.0.1.7", &[("app", "t")]));
+    s.add_pod(mk_pod(
+        "x",
+        "a2",
+        "node-2",
+        "10.0.2.9",
+        &[("app", "a"), ("tier", "web")],
+    ));
+    assert!(allowed(&s, "x/a2", "x/t", Tcp, 80));
+    assert!(!allowed(&s, "x/a2", "x/a", Tcp, 80));
+    s.add_pod(mk_pod(
+        "x",
+        "odd",
+        "node-2",
+        "10.0.2.8",
+        &[("app", "a,tier=web")],
+    ));
+    assert!(allowed(&s, "x/odd", "x/a", Tcp, 80));
+    assert!(!allowed(&s, "x/odd", "x/t", Tcp, 80));
 }
 
 #[test]
@@ -719,12 +857,93 @@ fn an_unknown_policy_type_isolates_both_directions() {
 }
 
 #[test]
-fn two_local_pods_with_one_address_are_reported() {
+fn two_local_pods_with_one_address_are_reported_with_owner_and_loser() {
     let mut s = cluster(vec![deny_ingress("x", "deny", json!({}))]);
-    s.add_pod(mk_pod("x", "twin", "node-1", "10.0.1.1", &[]));
+    s.add_pod(mk_pod("x", "twin", "node-1", "10.0.1.1", &[]).created(5));
     let c = compile(&s, "node-1");
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].contains("x/twin"));
+    let w = &c.warnings[0];
+    assert!(
+        w.contains("10.0.1.1")
+            && w.contains("belongs to x/twin (node node-1)")
+            && w.contains("x/a (node node-1) lost it"),
+        "{w}"
+    );
+    assert!(
+        compile(&s, "node-2").warnings.is_empty(),
+        "reported where a claimant runs"
+    );
+}
+
+#[test]
+fn a_reused_address_gets_the_rules_of_its_newest_pod_only() {
+    // Issue #11 row D: y/new is given x/a's address while x/a is still in
+    // the API. x lets everything in, y denies; a policy of x admits x/a
+    // (app=a) to x/b.
+    let mut s = cluster(vec![
+        ingress(
+            "x",
+            "open",
+            json!({"matchLabels": {"app": "a"}}),
+            json!([{}]),
+        ),
+        ingress(
+            "x",
+            "b-from-a",
+            json!({"matchLabels": {"app": "b"}}),
+            json!([{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}]}]),
+        ),
+        deny_ingress("y", "deny", json!({})),
+    ]);
+    let (reused, x_b) = ("10.0.1.1".parse().unwrap(), "10.0.2.1".parse().unwrap());
+    let to_reused = |s: &Snapshot| allowed_ips(s, "node-2", "node-1", x_b, reused, Tcp, 80);
+    let from_reused = |s: &Snapshot| allowed_ips(s, "node-1", "node-2", reused, x_b, Tcp, 80);
+    assert!(to_reused(&s) && from_reused(&s), "x/a's rules");
+    s.add_pod(mk_pod("y", "new", "node-1", "10.0.1.1", &[]).created(10));
+    assert!(!to_reused(&s), "y/new's deny applies to the address");
+    assert!(!from_reused(&s), "x's peer set no longer holds it");
+    // The old pod, even being deleted, does not get it back while y/new
+    // holds it; y/new being deleted gives it back.
+    let key_new = key("y/new");
+    s.pods.retain(|p| p.key != key_new);
+    s.add_pod(
+        mk_pod("y", "new", "node-1", "10.0.1.1", &[])
+            .created(10)
+            .deleting(),
+    );
+    assert!(to_reused(&s) && from_reused(&s), "x/a's rules again");
+}
+
+#[test]
+fn a_pod_whose_namespace_object_is_unknown_matches_no_namespace_selector() {
+    // Issue #11 row F: the intruder's pod is seen before its Namespace.
+    let mut s = cluster(vec![ingress(
+        "x",
+        "not-untrusted",
+        json!({}),
+        json!([{"from": [{"namespaceSelector": {"matchExpressions": [
+            {"key": "env", "operator": "NotIn", "values": ["untrusted"]}]}}]}]),
+    )]);
+    s.add_pod(mk_pod("evil", "intruder", "node-2", "10.0.2.66", &[]));
+    assert!(!allowed(&s, "evil/intruder", "x/a", Tcp, 80));
+    assert!(allowed(&s, "y/a", "x/a", Tcp, 80));
+    s.add_namespace(mk_ns("evil", &[("env", "untrusted")]));
+    assert!(!allowed(&s, "evil/intruder", "x/a", Tcp, 80));
+    s.add_namespace(mk_ns("evil", &[("env", "dev")]));
+    assert!(allowed(&s, "evil/intruder", "x/a", Tcp, 80));
+}
+
+#[test]
+fn pod_selector_peers_need_no_namespace_object() {
+    let mut s = cluster(vec![ingress(
+        "x",
+        "from-b",
+        json!({"matchLabels": {"app": "a"}}),
+        json!([{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]),
+    )]);
+    s.namespaces.remove("x");
+    assert!(allowed(&s, "x/b", "x/a", Tcp, 80));
+    assert!(!allowed(&s, "y/a", "x/a", Tcp, 80));
 }
 
 #[test]

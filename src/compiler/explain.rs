@@ -6,10 +6,11 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use super::incremental::{Incremental, load};
 use super::plan::Plan;
 use super::policy::{Direction, Severity};
 use super::snapshot::{ObjectKey, PodInfo, Protocol, Snapshot};
-use super::{Decision, compile};
+use super::{Compiled, Decision, compile};
 
 /// The verdict and the reasons, as text for people.
 #[derive(Clone, Debug)]
@@ -61,12 +62,16 @@ pub fn explain(
             .resolve_port(port, proto)
             .ok_or_else(|| format!("pod {to} has no container port named {port:?} for {proto}"))?,
     };
-    // One family both pods have, IPv4 first.
-    let (src_ip, dst_ip) = pick_pair(&src.ips, &dst.ips)
-        .ok_or_else(|| format!("pods {from} and {to} have no address family in common"))?;
     let src_node = src.node.clone().unwrap_or_default();
     let dst_node = dst.node.clone().unwrap_or_default();
-    let src_compiled = compile(snap, &src_node);
+    let (mut inc, diagnostics) = load(snap, &src_node);
+    // One family both pods have, IPv4 first, of the addresses they own.
+    let (src_ip, dst_ip) = pick_pair(&owned(&inc, src)?, &owned(&inc, dst)?)
+        .ok_or_else(|| format!("pods {from} and {to} have no address family in common"))?;
+    let src_compiled = Compiled {
+        diagnostics,
+        ..inc.compile()
+    };
     let dst_plan: Plan = if dst_node == src_node {
         src_compiled.plan.clone()
     } else {
@@ -101,6 +106,18 @@ pub fn explain(
         describe(&ingress, to, Direction::Ingress)
     );
     let namespaces = [&from.namespace, &to.namespace];
+    let mut unseen: Vec<&str> = namespaces
+        .iter()
+        .map(|ns| &***ns)
+        .filter(|ns| !snap.namespaces.contains_key(*ns))
+        .collect();
+    unseen.dedup();
+    for ns in unseen {
+        let _ = writeln!(
+            t,
+            "  note: namespace {ns} has no Namespace object here, so no namespaceSelector matches its pods"
+        );
+    }
     for d in src_compiled
         .diagnostics
         .iter()
@@ -113,6 +130,22 @@ pub fn explain(
         let _ = writeln!(t, "  {level}: {d}");
     }
     Ok(Explanation { allowed, text: t })
+}
+
+/// The addresses of a pod that are its own (another pod may own one).
+fn owned(inc: &Incremental, pod: &PodInfo) -> Result<Vec<IpAddr>, String> {
+    let mine = |ip: &&IpAddr| inc.address_owner(**ip) == Some(&pod.key);
+    let ips: Vec<IpAddr> = pod.ips.iter().filter(mine).copied().collect();
+    if ips.is_empty() {
+        let ip = pod.ips[0];
+        let owner = inc.address_owner(ip).map_or("-".into(), |k| k.to_string());
+        return Err(format!(
+            "pod {} has no address of its own: {ip} belongs to pod {owner}, a newer pod (or one \
+             not being deleted)",
+            pod.key
+        ));
+    }
+    Ok(ips)
 }
 
 fn pick_pair(a: &[IpAddr], b: &[IpAddr]) -> Option<(IpAddr, IpAddr)> {

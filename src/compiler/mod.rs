@@ -103,8 +103,13 @@ fn pods_peer_key(scope: &NamespaceScope, pods: &policy::LabelSel) -> String {
     }
 }
 
-fn set_id(prefix: &str, key: &str) -> SetId {
-    format!("{prefix}-{:016x}", stable_hash(key))
+/// The id of a plan set: its full content key, so that two different sets
+/// never share one (a hash of the key could clash, and one set would then
+/// stand in for the other). The keys of the kinds of set start differently
+/// (`pods|`, `block|`, `named|`, `named-in|`), and selectors' canonical
+/// forms are unambiguous ([`policy::LabelSel::canonical`]).
+fn set_id(key: &str) -> SetId {
+    key.to_string()
 }
 
 fn describe_pods(scope: &NamespaceScope, pods: &policy::LabelSel) -> String {

@@ -4,7 +4,12 @@
 //! from a file (or from a server that skipped validation) is judged as the
 //! cluster would judge it. What is invalid never allows anything: a broken
 //! rule is dropped whole (the policy's pods stay isolated), and a policy
-//! whose own podSelector is broken is skipped with an error.
+//! whose own podSelector cannot be read isolates every pod of its namespace
+//! in its directions and allows nothing (an error).
+//!
+//! Label values are not judged: the API server once accepted values that it
+//! rejects now and keeps serving such stored objects, and a selector value
+//! is matched literally, as stored, like any other.
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -52,7 +57,8 @@ impl fmt::Display for Direction {
 pub enum Severity {
     /// Part of a policy allows nothing; the rest is enforced.
     Warning,
-    /// The whole policy is skipped.
+    /// The policy cannot be enforced as written: it is skipped (no name, a
+    /// duplicate), or it fails closed (its own podSelector cannot be read).
     Error,
 }
 
@@ -112,6 +118,9 @@ impl LabelSel {
     }
 
     /// Canonical text, e.g. `app=web,tier in (a,b)`; empty for "everything".
+    /// Two selectors with the same text select alike: a value that is not
+    /// plain label syntax is written as a JSON string (`app="a,b"`), so
+    /// that no value can pass for a list of them.
     pub fn canonical(&self) -> &str {
         &self.canonical
     }
@@ -210,7 +219,9 @@ impl Policy {
 }
 
 /// Validates one policy. Returns `None` (with an error diagnostic) when it
-/// cannot be enforced at all.
+/// cannot be enforced at all (it has no name). A policy whose own
+/// podSelector cannot be read selects every pod of its namespace and allows
+/// nothing, in the directions it declares.
 pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<Policy> {
     let key = ObjectKey::new(
         np.metadata
@@ -229,17 +240,20 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
     }
     let default_spec = Default::default();
     let spec = np.spec.as_ref().unwrap_or(&default_spec);
-    let pod_selector = match parse_selector(spec.pod_selector.as_ref()) {
-        Ok(sel) => sel,
+    let (pod_selector, unreadable) = match parse_selector(spec.pod_selector.as_ref()) {
+        Ok(sel) => (sel, false),
         Err(e) => {
+            // Fail closed: which pods it means is unknown, so it holds
+            // every pod of its namespace, and what it would allow too.
             cx.error(
                 format!("spec.podSelector{}", e.field),
                 format!(
-                    "{}; policy skipped (cannot tell which pods it selects)",
-                    e.message
+                    "{}; cannot tell which pods it selects, so it isolates every pod of \
+                     namespace {} in its directions and allows nothing",
+                    e.message, key.namespace
                 ),
             );
-            return None;
+            (LabelSel::everything(), true)
         }
     };
 
@@ -278,7 +292,8 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
             }
         }
     }
-    let declared = |t: &str| policy_types.is_none_or(|types| types.iter().any(|x| x == t));
+    let declared =
+        |t: &str| !unreadable && policy_types.is_none_or(|types| types.iter().any(|x| x == t));
 
     let ingress = isolates_ingress.then(|| {
         if !declared("Ingress") {
@@ -562,23 +577,18 @@ fn is_label_value(v: &str) -> bool {
     v.is_empty() || (v.len() <= 63 && NAME_RE.is_match(v))
 }
 
-/// Validates a selector as the API server does and converts it. `None` (an
-/// absent selector) selects everything.
+/// Validates a selector's structure and keys as the API server does and
+/// converts it. Values are taken as they are (see the module
+/// documentation). `None` (an absent selector) selects everything.
 fn parse_selector(sel: Option<&LabelSelector>) -> Result<LabelSel, FieldError> {
     let Some(sel) = sel else {
         return Ok(LabelSel::everything());
     };
-    for (k, v) in sel.match_labels.iter().flatten() {
+    for k in sel.match_labels.iter().flatten().map(|(k, _)| k) {
         if !is_label_key(k) {
             return Err(field_err(
                 format!(".matchLabels[{k}]"),
                 format!("invalid label key {k:?}"),
-            ));
-        }
-        if !is_label_value(v) {
-            return Err(field_err(
-                format!(".matchLabels[{k}]"),
-                format!("invalid label value {v:?}"),
             ));
         }
     }
@@ -612,19 +622,40 @@ fn parse_selector(sel: Option<&LabelSelector>) -> Result<LabelSel, FieldError> {
                 ));
             }
         }
-        if let Some(v) = values.iter().find(|v| !is_label_value(v)) {
-            return Err(field_err(
-                format!("{field}.values"),
-                format!("invalid label value {v:?}"),
-            ));
-        }
     }
     let selector = Selector::try_from(sel.clone())
         .map_err(|e| field_err("", format!("invalid selector: {}", e.0)))?;
+    let exprs: Vec<Expression> = selector.into_iter().collect();
     Ok(LabelSel {
-        canonical: selector.to_string(),
-        exprs: selector.into_iter().collect(),
+        canonical: canonical(&exprs),
+        exprs,
     })
+}
+
+/// The text of a selector (kube's, with unusual values quoted).
+fn canonical(exprs: &[Expression]) -> String {
+    let value = |v: &str| {
+        if is_label_value(v) {
+            v.to_string()
+        } else {
+            serde_json::to_string(v).expect("a string serializes")
+        }
+    };
+    let list = |vs: &std::collections::BTreeSet<String>| {
+        vs.iter().map(|v| value(v)).collect::<Vec<_>>().join(",")
+    };
+    let parts: Vec<String> = exprs
+        .iter()
+        .map(|e| match e {
+            Expression::In(k, vs) => format!("{k} in ({})", list(vs)),
+            Expression::NotIn(k, vs) => format!("{k} notin ({})", list(vs)),
+            Expression::Equal(k, v) => format!("{k}={}", value(v)),
+            Expression::NotEqual(k, v) => format!("{k}!={}", value(v)),
+            Expression::Exists(k) => k.clone(),
+            Expression::DoesNotExist(k) => format!("!{k}"),
+        })
+        .collect();
+    parts.join(",")
 }
 
 #[cfg(test)]

@@ -218,6 +218,12 @@ pub struct PodInfo {
     /// `status.podIPs` (or `status.podIP` when the list is absent), parsed.
     pub ips: PodIps,
     pub host_network: bool,
+    /// Whether `metadata.deletionTimestamp` is set: the pod is going away,
+    /// and a pod that is not takes its addresses over.
+    pub deleting: bool,
+    /// `metadata.creationTimestamp` in seconds since the Unix epoch (0 when
+    /// unknown); among pods claiming one address, the newest owns it.
+    pub created: u32,
     /// `status.phase`, when known.
     pub phase: Option<Arc<str>>,
     /// Named container ports of the pod's (regular) containers.
@@ -237,21 +243,21 @@ impl PodInfo {
         let meta = &pod.metadata;
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
+        let listed: Vec<&str> = match status {
+            Some(status) => match status.pod_ips.as_deref() {
+                Some(list) if !list.is_empty() => list.iter().map(|p| p.ip.as_str()).collect(),
+                _ => status.pod_ip.as_deref().into_iter().collect(),
+            },
+            None => Vec::new(),
+        };
+        // Once each, in the order given (`::ffff:10.0.0.1` and `10.0.0.1`
+        // are one address).
         let mut ips: Vec<IpAddr> = Vec::new();
-        if let Some(status) = status {
-            match status.pod_ips.as_deref() {
-                Some(list) if !list.is_empty() => {
-                    ips.extend(list.iter().filter_map(|p| p.ip.parse::<IpAddr>().ok()));
-                }
-                _ => ips.extend(
-                    status
-                        .pod_ip
-                        .as_deref()
-                        .and_then(|ip| ip.parse::<IpAddr>().ok()),
-                ),
+        for ip in listed.into_iter().filter_map(parse_pod_ip) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
             }
         }
-        ips.dedup();
         let mut named_ports = Vec::new();
         for container in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
             for p in container.ports.as_deref().unwrap_or_default() {
@@ -280,6 +286,11 @@ impl PodInfo {
                 .map(|n| interner.str(n)),
             ips: ips.into(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            deleting: meta.deletion_timestamp.is_some(),
+            created: meta
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_second().clamp(0, u32::MAX as i64) as u32),
             phase: status
                 .and_then(|s| s.phase.as_deref())
                 .map(|p| interner.str(p)),
@@ -315,6 +326,13 @@ impl PodInfo {
             .find(|p| p.name == name && p.protocol == protocol)
             .map(|p| p.port)
     }
+}
+
+/// Parses a pod address in its canonical form: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) is the IPv4 address `a.b.c.d`, which is what the
+/// pod's packets carry and what the dispatch must find.
+pub fn parse_pod_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 /// A pod's addresses. Kubernetes gives a pod at most one per family, so
@@ -599,13 +617,11 @@ impl Snapshot {
         self.policies.push(Arc::new(policy));
     }
 
-    /// Labels of a namespace; a namespace with no object still has its
-    /// name label, as it would on a real API server.
-    pub fn namespace_labels(&self, name: &str) -> Labels {
-        match self.namespaces.get(name) {
-            Some(ns) => ns.labels.clone(),
-            None => NamespaceInfo::new(name, Labels::new()).labels,
-        }
+    /// Labels of a namespace, when its Namespace object is known. Without
+    /// it, a namespace's labels are unknown (the object may not have been
+    /// seen yet): no namespace selector matches it, not even `{}`.
+    pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name).map(|ns| &ns.labels)
     }
 
     pub fn pod(&self, key: &ObjectKey) -> Option<&Arc<PodInfo>> {
@@ -650,6 +666,51 @@ mod tests {
         assert_ne!(a, c);
         assert!(Arc::ptr_eq(&a.0[0].0, &c.0[0].0), "keys are shared");
         assert!(Arc::ptr_eq(&a.0[0].1, &c.0[0].1), "equal values are shared");
+    }
+
+    fn api_pod(meta: serde_json::Value, status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": meta, "spec": {"containers": []}, "status": status,
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn ipv4_mapped_pod_addresses_become_ipv4_once() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let meta = serde_json::json!({"namespace": "x", "name": "a"});
+        let pod = api_pod(
+            meta.clone(),
+            serde_json::json!({"podIPs": [
+                {"ip": "::ffff:10.0.0.1"}, {"ip": "fd00::1"}, {"ip": "10.0.0.1"},
+                {"ip": "::ffff:a00:2"}
+            ]}),
+        );
+        assert_eq!(
+            &*PodInfo::from_pod(&pod).ips,
+            &[ip("10.0.0.1"), ip("fd00::1"), ip("10.0.0.2")]
+        );
+        let pod = api_pod(meta, serde_json::json!({"podIP": "::ffff:192.0.2.7"}));
+        assert_eq!(&*PodInfo::from_pod(&pod).ips, &[ip("192.0.2.7")]);
+        assert_eq!(parse_pod_ip("fd00::ffff:1"), Some(ip("fd00::ffff:1")));
+    }
+
+    #[test]
+    fn a_trimmed_pod_keeps_its_creation_second_and_deletion_mark() {
+        let pod = api_pod(
+            serde_json::json!({"namespace": "x", "name": "a",
+                "creationTimestamp": "2026-01-02T03:04:05Z",
+                "deletionTimestamp": "2026-01-02T03:05:00Z"}),
+            serde_json::json!({}),
+        );
+        let info = PodInfo::from_pod(&pod);
+        assert_eq!(info.created, 1_767_323_045);
+        assert!(info.deleting);
+        let info = PodInfo::from_pod(&api_pod(
+            serde_json::json!({"namespace": "x", "name": "a"}),
+            serde_json::json!({}),
+        ));
+        assert_eq!((info.created, info.deleting), (0, false));
     }
 
     #[test]

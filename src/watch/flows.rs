@@ -3,56 +3,42 @@
 //! more, loses its conntrack entries: a pod that gets the address next
 //! inherits no "established" flow allowed by its predecessor's rules.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
 
-use crate::compiler::PodInfo;
+use crate::compiler::{Incremental, ObjectKey};
 use crate::conntrack::{Conntrack, ConntrackError};
 
-/// Which pod holds each address, by pod.
-pub type AddressOwners = HashMap<IpAddr, Arc<PodInfo>>;
+/// Which pod owns each address, as the compiler decides it (the newest
+/// pod not being deleted; see `compiler::incremental`).
+pub type AddressOwners = HashMap<IpAddr, ObjectKey>;
 
-/// Which pod holds each address: the active pods' addresses; when two
-/// claim one, the first by namespace and name.
-///
-/// Stands in for the compiler's own ownership rule (the newest pod
-/// without a deletionTimestamp owns an address): swap this for it so
-/// that the flows follow the owner the rules use.
-pub fn address_owners(pods: &[Arc<PodInfo>]) -> AddressOwners {
-    let mut owners = AddressOwners::with_capacity(pods.len());
-    for pod in pods.iter().filter(|p| p.is_active()) {
-        for ip in pod.ips.as_slice() {
-            owners
-                .entry(*ip)
-                .and_modify(|o| {
-                    if pod.key < o.key {
-                        *o = pod.clone();
-                    }
-                })
-                .or_insert_with(|| pod.clone());
-        }
-    }
-    owners
+/// The owners a compiler holds now (taken when it is about to be rebuilt
+/// from scratch, to compare with the new one).
+pub fn address_owners(compiler: &Incremental) -> AddressOwners {
+    compiler
+        .address_owners()
+        .map(|(ip, key)| (ip, key.clone()))
+        .collect()
 }
 
 /// The addresses of `before` whose owner in `after` is another pod, or
 /// none.
-pub fn changed_hands(before: &AddressOwners, after: &AddressOwners) -> HashSet<IpAddr> {
+pub fn changed_hands(before: &AddressOwners, after: &AddressOwners) -> BTreeSet<IpAddr> {
     before
         .iter()
-        .filter(|(ip, pod)| after.get(*ip).is_none_or(|now| now.key != pod.key))
+        .filter(|(ip, pod)| after.get(*ip) != Some(*pod))
         .map(|(ip, _)| *ip)
         .collect()
 }
 
-/// The conntrack side of the controller: the socket, and the owners the
-/// last successful sync enforced.
+/// The conntrack side of the controller: the socket, and the addresses
+/// whose entries are still to be deleted (after a failed attempt).
 #[derive(Debug)]
 pub struct StaleFlows {
     conntrack: Conntrack,
-    owners: Option<AddressOwners>,
+    pending: BTreeSet<IpAddr>,
 }
 
 /// What one [`StaleFlows::after_sync`] did.
@@ -69,92 +55,68 @@ impl StaleFlows {
     pub fn open(netns: Option<&Path>) -> Result<Self, ConntrackError> {
         Ok(Self {
             conntrack: Conntrack::open(netns)?,
-            owners: None,
+            pending: BTreeSet::new(),
         })
     }
 
-    /// After a sync that enforced `pods` (`None`: no pod changed since the
-    /// last call): deletes the entries of every address that changed hands
-    /// since the last call. The first call only records the owners. When
-    /// the deletion fails, the owners stay as they were, so the next call
-    /// with pods tries again.
-    pub fn after_sync(
-        &mut self,
-        pods: Option<&[Arc<PodInfo>]>,
-    ) -> Result<Forgotten, ConntrackError> {
-        let Some(pods) = pods else {
+    /// After a sync that put the rules of the addresses' new owners (or of
+    /// none) in place: deletes the entries of every address in `moved`.
+    /// When the deletion fails, the addresses are kept and tried again
+    /// with the next call.
+    pub fn after_sync(&mut self, moved: BTreeSet<IpAddr>) -> Result<Forgotten, ConntrackError> {
+        self.pending.extend(moved);
+        if self.pending.is_empty() {
             return Ok(Forgotten::default());
-        };
-        let now = address_owners(pods);
-        let mut done = Forgotten::default();
-        if let Some(before) = &self.owners {
-            let gone = changed_hands(before, &now);
-            if !gone.is_empty() {
-                done.entries = self.conntrack.delete_involving(&gone)?;
-                done.addresses = gone.len();
-            }
         }
-        self.owners = Some(now);
-        Ok(done)
+        let gone: std::collections::HashSet<IpAddr> = self.pending.iter().copied().collect();
+        let entries = self.conntrack.delete_involving(&gone)?;
+        let addresses = std::mem::take(&mut self.pending).len();
+        Ok(Forgotten { addresses, entries })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compiler::ObjectKey;
-    use k8s_openapi::api::core::v1::Pod;
 
-    fn pod(name: &str, ip: &str, phase: &str) -> Arc<PodInfo> {
-        let p: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": { "namespace": "ns", "name": name },
-            "spec": { "containers": [] },
-            "status": { "phase": phase, "podIP": ip, "podIPs": [{ "ip": ip }] },
-        }))
-        .unwrap();
-        Arc::new(PodInfo::from_pod(&p))
-    }
-
-    fn ips(set: HashSet<IpAddr>) -> Vec<String> {
-        let mut v: Vec<String> = set.iter().map(IpAddr::to_string).collect();
-        v.sort();
-        v
+    fn owners(pairs: &[(&str, &str)]) -> AddressOwners {
+        pairs
+            .iter()
+            .map(|(ip, pod)| (ip.parse().unwrap(), ObjectKey::new("ns", *pod)))
+            .collect()
     }
 
     #[test]
     fn addresses_that_changed_owner_or_were_released_are_the_stale_ones() {
-        let before = address_owners(&[
-            pod("a", "10.0.0.1", "Running"),
-            pod("b", "10.0.0.2", "Running"),
-            pod("c", "10.0.0.3", "Running"),
-            pod("d", "10.0.0.4", "Running"),
-        ]);
-        let after = address_owners(&[
-            // a: unchanged (a new object, same pod).
-            pod("a", "10.0.0.1", "Running"),
-            // b's address now belongs to e.
-            pod("e", "10.0.0.2", "Running"),
-            // c finished: its address is free.
-            pod("c", "10.0.0.3", "Succeeded"),
-            // d is gone.
-        ]);
-        assert_eq!(
-            ips(changed_hands(&before, &after)),
-            ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
-        );
+        let before = owners(&[("10.0.0.1", "a"), ("10.0.0.2", "b"), ("10.0.0.3", "c")]);
+        // a keeps its address, b's is e's now, c's is free; f's is new.
+        let after = owners(&[("10.0.0.1", "a"), ("10.0.0.2", "e"), ("10.0.0.9", "f")]);
+        let moved: Vec<String> = changed_hands(&before, &after)
+            .iter()
+            .map(IpAddr::to_string)
+            .collect();
+        assert_eq!(moved, ["10.0.0.2", "10.0.0.3"]);
         assert!(changed_hands(&after, &after).is_empty());
     }
 
     #[test]
-    fn one_owner_per_address_whatever_the_order() {
-        let (x, y) = (
-            pod("x", "10.0.0.9", "Running"),
-            pod("y", "10.0.0.9", "Running"),
-        );
-        let o1 = address_owners(&[x.clone(), y.clone()]);
-        let o2 = address_owners(&[y, x]);
+    fn the_owners_are_the_compilers() {
+        use crate::compiler::PodInfo;
+        use k8s_openapi::api::core::v1::Pod;
+        use std::sync::Arc;
+        let pod = |name: &str, created: &str| {
+            let p: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": { "namespace": "ns", "name": name, "creationTimestamp": created },
+                "spec": { "containers": [], "nodeName": "n" },
+                "status": { "phase": "Running", "podIP": "10.0.0.9", "podIPs": [{ "ip": "10.0.0.9" }] },
+            }))
+            .unwrap();
+            Arc::new(PodInfo::from_pod(&p))
+        };
+        let mut c = Incremental::new("n");
+        c.upsert_pod(pod("old", "2026-01-01T00:00:00Z"));
+        c.upsert_pod(pod("new", "2026-01-02T00:00:00Z"));
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(o1[&ip].key, ObjectKey::new("ns", "x"));
-        assert_eq!(o2[&ip].key, ObjectKey::new("ns", "x"));
+        assert_eq!(address_owners(&c)[&ip], ObjectKey::new("ns", "new"));
     }
 }

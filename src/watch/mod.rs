@@ -118,19 +118,6 @@ impl Stores {
         }
     }
 
-    /// [`take_changes`](Self::take_changes), and, when pods changed, every
-    /// pod as the changes leave the pod store (what a compiler fed the
-    /// delta holds).
-    pub fn take_changes_and_pods(&self) -> (Delta, Option<Vec<Arc<PodInfo>>>) {
-        let (pods, all_pods) = self.pods.take_changes_and_values();
-        let delta = Delta {
-            pods,
-            namespaces: self.namespaces.take_changes(),
-            policies: self.policies.take_changes(),
-        };
-        (delta, all_pods)
-    }
-
     /// Makes the next [`take_changes`](Self::take_changes) return everything.
     pub fn mark_all_changed(&self) {
         self.pods.mark_all_changed();

@@ -4,7 +4,7 @@
 //! against what it last applied. The compiler is rebuilt from all objects
 //! at the first sync, after a relist and at every periodic full resync.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
-use super::flows::StaleFlows;
+use super::flows::{StaleFlows, address_owners, changed_hands};
 use super::guard::PortGuard;
 use super::metrics::{SyncKind, SyncLabels};
 use super::{RunConfig, Shared};
@@ -145,12 +145,11 @@ pub async fn run(
         let pending = shared.begin_sync();
         // Versions before contents: what the compiler gets is at least this new.
         let versions = shared.stores.resource_versions();
-        // The pods as the compiler will hold them: whose addresses are whose.
-        let (mut delta, mut pods) = shared.stores.take_changes_and_pods();
+        let mut delta = shared.stores.take_changes();
         if full || compiler.is_none() || !delta.is_partial() {
             // From scratch: no drift outlives a full resync.
             shared.stores.mark_all_changed();
-            (delta, pods) = shared.stores.take_changes_and_pods();
+            delta = shared.stores.take_changes();
         }
         let node = cfg.node_name.clone();
         let table = cfg.table.clone();
@@ -167,8 +166,21 @@ pub async fn run(
         // Compile and apply off the async threads: nft is a blocking exec.
         let (s, c, r, g, guarded, flows, compiled, result, forgotten) =
             tokio::task::spawn_blocking(move || {
+                // Whose addresses are whose: a rebuilt compiler is compared
+                // with the one it replaces; a kept one knows what moved.
+                let before = match &c {
+                    Some(old) if !delta.is_partial() => Some(address_owners(old)),
+                    _ => None,
+                };
+                let first = c.is_none();
                 let mut c = delta.apply(c, &node);
                 let compiled = c.compile();
+                let moved = c.take_moved_addresses();
+                let moved = match before {
+                    Some(before) => changed_hands(&before, &address_owners(&c)),
+                    None if first => BTreeSet::new(),
+                    None => moved,
+                };
                 // Ports first: a pod that just got its address can send once
                 // both tables have it.
                 let guarded = g.as_mut().map(|g| g.sync(&compiled.plan, full));
@@ -186,7 +198,7 @@ pub async fn run(
                 // Flows of addresses that changed hands go once the rules of
                 // their new owner (or none) are in place.
                 let forgotten = match (&result, flows.as_mut()) {
-                    (Ok(_), Some(f)) => Some(f.after_sync(pods.as_deref())),
+                    (Ok(_), Some(f)) => Some(f.after_sync(moved)),
                     _ => None,
                 };
                 (s, c, r, g, guarded, flows, compiled, result, forgotten)

@@ -206,17 +206,6 @@ impl<Key: Ord + Hash + Clone, T, M: MapKey<Key, T>> Store<Key, T, M> {
         Self::take(&mut self.inner.lock().expect("store lock"))
     }
 
-    /// [`take_changes`](Self::take_changes), and, when something changed,
-    /// the objects the store holds with those changes (taken together: no
-    /// change in between).
-    pub fn take_changes_and_values(&self) -> (Changes<Key, T>, Option<Vec<Arc<T>>>) {
-        let mut inner = self.inner.lock().expect("store lock");
-        let changes = Self::take(&mut inner);
-        let unchanged = matches!(&changes, Changes::Some(keys) if keys.is_empty());
-        let values = (!unchanged).then(|| inner.items.values().cloned().collect());
-        (changes, values)
-    }
-
     fn take(inner: &mut Inner<Key, T, M>) -> Changes<Key, T> {
         match inner.changed.replace(BTreeSet::new()) {
             None => Changes::All(inner.items.values().cloned().collect()),

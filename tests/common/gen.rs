@@ -4,7 +4,10 @@
 //! Addresses are structured so that ipBlocks hit pods often:
 //! pod `i` (0-based, in generation order) on node `n` gets
 //! `10.244.<n>.<10+i>` and, when dual-stack, `fd00:10:244:<n>::<10+i>`.
-//! Host-network pods get the node's address `172.18.0.<n+2>`.
+//! Host-network pods get the node's address `172.18.0.<n+2>`. Some pods
+//! take an earlier pod's node and host instead (its addresses, so that
+//! claims on one address are settled by creation time and deletion mark),
+//! and some namespaces have no Namespace object.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -33,7 +36,12 @@ pub const EXTERNAL_ADDRESSES: [&str; 4] = ["10.96.0.10", "192.0.2.1", "fd00:96::
 
 pub type Vocab = &'static [(&'static str, &'static [&'static str])];
 
-pub const POD_VOCAB: Vocab = &[("app", &["web", "db"]), ("tier", &["fe", "be"])];
+/// `retired app` is a legacy value the API server no longer accepts but
+/// still serves: matched literally like any other.
+pub const POD_VOCAB: Vocab = &[
+    ("app", &["web", "db", "retired app"]),
+    ("tier", &["fe", "be"]),
+];
 pub const NS_VOCAB: Vocab = &[("team", &["red", "blue"]), ("env", &["prod", "dev"])];
 /// Namespace selectors may also use the automatic name label.
 const NS_SELECTOR_VOCAB: Vocab = &[
@@ -134,6 +142,18 @@ impl fmt::Debug for Cluster {
                 .collect();
             writeln!(f, "    {} {}", ns.name, show_labels(&labels))?;
         }
+        let mut unseen: Vec<&str> = self
+            .snap
+            .pods
+            .iter()
+            .map(|p| &*p.key.namespace)
+            .filter(|ns| !self.snap.namespaces.contains_key(*ns))
+            .collect();
+        unseen.sort();
+        unseen.dedup();
+        for ns in unseen {
+            writeln!(f, "    {ns} (no Namespace object)")?;
+        }
         writeln!(f, "  pods:")?;
         for pod in &self.snap.pods {
             let ips: Vec<String> = pod.ips.iter().map(|ip| ip.to_string()).collect();
@@ -152,6 +172,10 @@ impl fmt::Debug for Cluster {
             )?;
             if !ports.is_empty() {
                 write!(f, " ports[{}]", ports.join(", "))?;
+            }
+            write!(f, " created={}", pod.created)?;
+            if pod.deleting {
+                write!(f, " DELETING")?;
             }
             if let Some(why) = pod.inactive_reason() {
                 write!(f, " INACTIVE: {why}")?;
@@ -253,6 +277,13 @@ pub struct PodGen {
     pub state: PodState,
     /// http/TCP, http/SCTP, dns/UDP, dns/TCP.
     pub ports: [Option<u16>; 4],
+    /// `creationTimestamp`, from a few seconds (so that ties come up).
+    pub created: u32,
+    /// `deletionTimestamp` set.
+    pub deleting: bool,
+    /// In a generated cluster: the node and host of an earlier pod (picked
+    /// by this index), so that both claim the same address.
+    pub twin: Option<Index>,
 }
 
 pub fn pod_gen() -> impl Strategy<Value = PodGen> {
@@ -268,6 +299,11 @@ pub fn pod_gen() -> impl Strategy<Value = PodGen> {
         option::of(select(&[53u16, 5353][..])),
         option::of(select(&[53u16, 5353][..])),
     );
+    let claim = (
+        0..3u32,
+        prop::bool::weighted(0.2),
+        option::weighted(0.2, any::<Index>()),
+    );
     (
         0..3usize,
         0..2u16,
@@ -275,15 +311,21 @@ pub fn pod_gen() -> impl Strategy<Value = PodGen> {
         any::<bool>(),
         state,
         ports,
+        claim,
     )
         .prop_map(
-            |(ns, node, labels, dual_stack, state, (a, b, c, d))| PodGen {
-                ns,
-                node,
-                labels,
-                dual_stack,
-                state,
-                ports: [a, b, c, d],
+            |(ns, node, labels, dual_stack, state, (a, b, c, d), (created, deleting, twin))| {
+                PodGen {
+                    ns,
+                    node,
+                    labels,
+                    dual_stack,
+                    state,
+                    ports: [a, b, c, d],
+                    created,
+                    deleting,
+                    twin,
+                }
             },
         )
 }
@@ -429,6 +471,25 @@ fn rule() -> impl Strategy<Value = RuleParts> {
     )
 }
 
+/// A podSelector that cannot be read: the policy then isolates every pod
+/// of its namespace and allows nothing.
+fn unreadable_selector() -> impl Strategy<Value = LabelSelector> {
+    const EXPRS: [(&str, Option<&[&str]>); 4] = [
+        ("In", Some(&[])),
+        ("NotIn", Some(&[])),
+        ("Exists", Some(&["web"])),
+        ("Matches", Some(&["web"])),
+    ];
+    select(&EXPRS[..]).prop_map(|(op, values)| LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "app".into(),
+            operator: op.into(),
+            values: values.map(|vs| vs.iter().map(|v| v.to_string()).collect()),
+        }]),
+        ..Default::default()
+    })
+}
+
 pub fn policy_spec() -> impl Strategy<Value = NetworkPolicySpec> {
     let types = prop_oneof![
         2 => Just(None),
@@ -438,8 +499,12 @@ pub fn policy_spec() -> impl Strategy<Value = NetworkPolicySpec> {
         // The API server defaults an empty list like an absent one.
         1 => Just(Some(vec![])),
     ];
+    let pod_selector = prop_oneof![
+        12 => option::of(selector(POD_VOCAB)),
+        1 => unreadable_selector().prop_map(Some),
+    ];
     (
-        option::of(selector(POD_VOCAB)),
+        pod_selector,
         types,
         option::of(vec(rule(), 0..=2)),
         option::of(vec(rule(), 0..=2)),
@@ -465,30 +530,36 @@ pub fn policy_spec() -> impl Strategy<Value = NetworkPolicySpec> {
 /// A random small cluster.
 pub fn cluster() -> impl Strategy<Value = Cluster> {
     (
-        vec(labels_from(NS_VOCAB), 2..=3),
+        vec(option::weighted(0.8, labels_from(NS_VOCAB)), 2..=3),
         vec(pod_gen(), 3..=8),
         vec((0..3usize, policy_spec()), 1..=4),
     )
         .prop_map(|(ns_labels, pods, policies)| build(ns_labels, pods, policies))
 }
 
+/// `ns_labels`: the namespaces, each with its object's labels or without
+/// an object.
 fn build(
-    ns_labels: Vec<Labels>,
+    ns_labels: Vec<Option<Labels>>,
     pods: Vec<PodGen>,
     policies: Vec<(usize, NetworkPolicySpec)>,
 ) -> Cluster {
     let mut snap = Snapshot::default();
     let n_ns = ns_labels.len();
     for (i, labels) in ns_labels.into_iter().enumerate() {
-        snap.add_namespace(NamespaceInfo::new(NAMESPACES[i], labels));
+        if let Some(labels) = labels {
+            snap.add_namespace(NamespaceInfo::new(NAMESPACES[i], labels));
+        }
     }
-    for (i, p) in pods.into_iter().enumerate() {
-        snap.add_pod(pod_info(
-            NAMESPACES[p.ns % n_ns],
-            &format!("p{i}"),
-            10 + i as u8,
-            p,
-        ));
+    // (node, host) of each pod so far.
+    let mut placed: Vec<(u16, u8)> = Vec::new();
+    for (i, mut p) in pods.into_iter().enumerate() {
+        let mut host = 10 + i as u8;
+        if let Some(twin) = p.twin.filter(|_| i > 0) {
+            (p.node, host) = placed[twin.index(i)];
+        }
+        placed.push((p.node, host));
+        snap.add_pod(pod_info(NAMESPACES[p.ns % n_ns], &format!("p{i}"), host, p));
     }
     for (i, (ns, spec)) in policies.into_iter().enumerate() {
         snap.add_policy(NetworkPolicy {
@@ -545,6 +616,8 @@ pub fn pod_info(ns: &str, name: &str, host: u8, p: PodGen) -> PodInfo {
         node: Some(NODES[p.node as usize].into()),
         ips: ips.into(),
         host_network,
+        deleting: p.deleting,
+        created: p.created,
         phase: Some(phase.into()),
         named_ports: named_ports.into(),
     }

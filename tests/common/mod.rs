@@ -55,6 +55,8 @@ pub fn mk_pod(ns: &str, name: &str, node: &str, ip: &str, pairs: &[(&str, &str)]
         node: Some(node.into()),
         ips: vec![parse_ip(ip)].into(),
         host_network: false,
+        deleting: false,
+        created: 0,
         phase: Some("Running".into()),
         named_ports: Vec::new().into(),
     }
@@ -76,6 +78,10 @@ pub trait PodExt: Sized {
     fn phase(self, phase: &str) -> Self;
     /// Removes every address (a pod not yet started).
     fn no_ip(self) -> Self;
+    /// Sets `metadata.creationTimestamp` (seconds since the Unix epoch).
+    fn created(self, seconds: u32) -> Self;
+    /// Sets `metadata.deletionTimestamp`: the pod is being deleted.
+    fn deleting(self) -> Self;
 }
 
 impl PodExt for PodInfo {
@@ -107,6 +113,16 @@ impl PodExt for PodInfo {
 
     fn no_ip(mut self) -> Self {
         self.ips.clear();
+        self
+    }
+
+    fn created(mut self, seconds: u32) -> Self {
+        self.created = seconds;
+        self
+    }
+
+    fn deleting(mut self) -> Self {
+        self.deleting = true;
         self
     }
 }

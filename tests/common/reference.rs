@@ -7,6 +7,17 @@
 //! are matched by hand below. Everything is evaluated per question, by
 //! walking every policy: no caching, no precomputation, no cleverness.
 //!
+//! Rules beyond the API documentation, which nftpol holds to (issue #11):
+//! - a namespace whose Namespace object is not in the snapshot has unknown
+//!   labels: no namespaceSelector matches its pods, not even `{}`;
+//! - label values are compared literally, whatever their syntax; a
+//!   selector that cannot be read (bad key, unknown operator, In/NotIn
+//!   without values, Exists/DoesNotExist with values) makes a rule that
+//!   names it as a peer allow nothing, and as a policy's podSelector selects
+//!   every pod of the namespace, with no rule applied;
+//! - one address has one owner ([`owner`]); a packet carrying it is that
+//!   pod's, and the other claimants are matched without it.
+//!
 //! Two flavours of the same question:
 //! - [`allows`] works at pod level: an `ipBlock` peer matches a pod when ANY
 //!   of the pod's addresses is in the block.
@@ -64,14 +75,36 @@ pub fn allows(
 ) -> bool {
     let src = pod(snap, from);
     let dst = pod(snap, to);
-    connection_allowed(snap, src, &src.ips, dst, &dst.ips, proto, port)
+    let (src_ips, dst_ips) = (owned_ips(snap, src), owned_ips(snap, dst));
+    connection_allowed(snap, src, &src_ips, dst, &dst_ips, proto, port)
+}
+
+/// The active pod that owns an address: of the active pods listing it,
+/// those not being deleted if there are any; of these the newest
+/// (`created`), and of equally new ones the greatest `namespace/name`.
+pub fn owner(snap: &Snapshot, ip: IpAddr) -> Option<&PodInfo> {
+    snap.pods
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| p.is_active() && p.ips.contains(&ip))
+        .max_by(|a, b| (!a.deleting, a.created, &a.key).cmp(&(!b.deleting, b.created, &b.key)))
+}
+
+/// The addresses a pod owns, in its order.
+pub fn owned_ips(snap: &Snapshot, pod: &PodInfo) -> Vec<IpAddr> {
+    pod.ips
+        .iter()
+        .copied()
+        .filter(|ip| owner(snap, *ip).is_some_and(|o| o.key == pod.key))
+        .collect()
 }
 
 /// Like [`allows`], for one packet from `src_ip` (an address of `from`) to
 /// `dst_ip` (an address of `to`): `ipBlock` peers are matched against these
 /// two addresses only.
 ///
-/// Panics when either pod is not in the snapshot or does not own its address.
+/// Panics when either pod is not in the snapshot or does not own its
+/// address (a packet with an address is its owner's: ask about the owner).
 pub fn allows_packet(
     snap: &Snapshot,
     from: &ObjectKey,
@@ -84,12 +117,12 @@ pub fn allows_packet(
     let src = pod(snap, from);
     let dst = pod(snap, to);
     assert!(
-        src.ips.contains(&src_ip),
-        "{src_ip} is not an address of {from}"
+        owned_ips(snap, src).contains(&src_ip),
+        "{src_ip} is not an address {from} owns"
     );
     assert!(
-        dst.ips.contains(&dst_ip),
-        "{dst_ip} is not an address of {to}"
+        owned_ips(snap, dst).contains(&dst_ip),
+        "{dst_ip} is not an address {to} owns"
     );
     connection_allowed(snap, src, &[src_ip], dst, &[dst_ip], proto, port)
 }
@@ -182,8 +215,14 @@ fn direction_allows(
             continue;
         }
         isolated = true;
+        if spec.pod_selector.as_ref().is_some_and(|s| !readable(s)) {
+            continue; // fails closed: isolates, allows nothing
+        }
         let ns = policy_namespace(policy);
         for (peers, ports) in rules(spec, dir) {
+            if peers.unwrap_or_default().iter().any(|p| !peer_readable(p)) {
+                continue; // a broken rule allows nothing
+            }
             let matching_peers: Vec<Option<&NetworkPolicyPeer>> = match peers {
                 None | Some([]) => vec![None],
                 Some(peers) => peers
@@ -230,13 +269,65 @@ fn has_policy_type(spec: &NetworkPolicySpec, dir: Direction) -> bool {
 }
 
 /// Whether `spec.podSelector` selects the pod (the namespace was checked by
-/// the caller). Inactive pods are never selected.
+/// the caller). Inactive pods are never selected; a selector that cannot
+/// be read selects every pod.
 fn selects(spec: &NetworkPolicySpec, pod: &PodInfo) -> bool {
     pod.is_active()
         && match &spec.pod_selector {
             None => true,
+            Some(sel) if !readable(sel) => true,
             Some(sel) => selector_matches(sel, &pod.labels.to_map()),
         }
+}
+
+fn peer_readable(peer: &NetworkPolicyPeer) -> bool {
+    peer.pod_selector.as_ref().is_none_or(readable)
+        && peer.namespace_selector.as_ref().is_none_or(readable)
+}
+
+/// Whether a selector can be read: valid keys, known operators, values
+/// where the operator needs them and none where it takes none. (Values
+/// themselves are not judged.)
+pub fn readable(sel: &LabelSelector) -> bool {
+    sel.match_labels.iter().flatten().all(|(k, _)| label_key(k))
+        && sel.match_expressions.iter().flatten().all(|req| {
+            let n = req.values.as_ref().map_or(0, Vec::len);
+            label_key(&req.key)
+                && match req.operator.as_str() {
+                    "In" | "NotIn" => n > 0,
+                    "Exists" | "DoesNotExist" => n == 0,
+                    _ => false,
+                }
+        })
+}
+
+/// `[prefix/]name`: name 1-63 characters of `[A-Za-z0-9_.-]`, beginning
+/// and ending alphanumeric; prefix a DNS subdomain.
+fn label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let alnum_ends = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let name_ok = (1..=63).contains(&name.len())
+        && alnum_ends(name)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let prefix_ok = prefix.is_none_or(|p| {
+        (1..=253).contains(&p.len())
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && alnum_ends(part)
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
 }
 
 type Rule<'a> = (
@@ -281,17 +372,19 @@ fn peer_matches(
         Remote::Pod { pod, .. } if pod.is_active() => pod,
         _ => return false,
     };
-    let ns_labels = || snap.namespace_labels(&pod.key.namespace);
+    // A namespace without its object has unknown labels: no selector.
+    let ns_selected = |nss: &LabelSelector| {
+        snap.namespace_labels(&pod.key.namespace)
+            .is_some_and(|labels| selector_matches(nss, labels))
+    };
     match (&peer.pod_selector, &peer.namespace_selector) {
         // Invalid (an empty peer): matches nothing.
         (None, None) => false,
         (Some(pods), None) => {
             *pod.key.namespace == *policy_ns && selector_matches(pods, &pod.labels.to_map())
         }
-        (None, Some(nss)) => selector_matches(nss, &ns_labels()),
-        (Some(pods), Some(nss)) => {
-            selector_matches(nss, &ns_labels()) && selector_matches(pods, &pod.labels.to_map())
-        }
+        (None, Some(nss)) => ns_selected(nss),
+        (Some(pods), Some(nss)) => ns_selected(nss) && selector_matches(pods, &pod.labels.to_map()),
     }
 }
 
