@@ -1217,3 +1217,42 @@ fn the_flows_of_a_deleted_pod_are_deleted_from_conntrack() {
         c.controller.log_tail(10)
     );
 }
+
+#[test]
+fn a_reused_address_gets_the_rules_of_its_newest_pod_and_goes_back_when_it_leaves() {
+    if !lab_ready("a_reused_address_gets_the_rules_of_its_newest_pod_and_goes_back_when_it_leaves")
+    {
+        return;
+    }
+    // Issue #11, row D: c (a friend of b) is still in the API when another
+    // pod is given its address. The newer pod owns the address: it gets its
+    // own rules (deny-all), and the friend's allowance no longer applies to
+    // the address.
+    let c = friends_cluster();
+    c.expect("a", "c", HTTP, true, "before the address is reused");
+    let rv = c.create_policy(&policy(
+        "impostor-deny-all",
+        json!({ "podSelector": { "matchLabels": { "app": "impostor" } } }),
+    ));
+    c.enforced(rv);
+    let reused = c.lab_pod("c").ipv4();
+    // Creation timestamps have whole seconds: make the new pod newer.
+    std::thread::sleep(Duration::from_millis(1100));
+    let rv = c.create_pod_object("impostor", json!({ "app": "impostor" }), Some(reused));
+    c.enforced(rv);
+    c.expect(
+        "a",
+        "c",
+        HTTP,
+        false,
+        "the address is the impostor's: its deny-all applies",
+    );
+    c.expect("c", "b", HTTP, false, "the address is no friend's any more");
+
+    let api = c.pods_api();
+    c.rt.block_on(api.delete("impostor", &DeleteParams::default()))
+        .expect("delete the impostor");
+    c.enforced(c.store.resource_version());
+    c.expect("a", "c", HTTP, true, "the address is c's again");
+    c.expect("c", "b", HTTP, true, "c is a friend again");
+}
