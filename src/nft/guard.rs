@@ -9,12 +9,13 @@
 //!
 //! ```text
 //! prerouting (bridge, prio -200): iifname @pod-ports jump from-pod
-//!   from-pod:  ARP from its own address (or 0.0.0.0) ─► accept
+//!   from-pod:  iifname . ip saddr vmap @from-port-4 (and IPv6): a bound
+//!                pair ─► accept, or goto isolated-from-pod (egress-isolated)
+//!              ARP from its own address (or 0.0.0.0) ─► accept
 //!              ND / MLD from :: or fe80::/10 (hop limit 255 / 1) ─► accept
-//!              iifname . ip saddr @port-addrs-4, egress-isolated ─► goto isolated-from-pod
-//!              iifname . ip saddr @port-addrs-4 ─► accept       (and the same for IPv6)
 //!              counter drop          spoofed source, link-local data, other ethertypes
-//!   isolated-from-pod: ND ─► accept; broadcast / multicast ─► drop; fe80::/10 ─► drop
+//!   isolated-from-pod: unicast IPv4 ─► accept; ND ─► accept;
+//!                      broadcast / multicast ─► drop; fe80::/10 ─► drop
 //! forward (bridge, prio -200):    oifname @isolated-in goto to-isolated-pod
 //!   to-isolated-pod: ARP, ND ─► accept; oifname . ip daddr @port-addrs-4 ─► accept;
 //!                    counter drop     broadcast, multicast, link-local, other addresses
@@ -174,15 +175,43 @@ impl Guard {
         set(&mut out, "port-addrs-6", "ifname . ipv6_addr", pairs(true));
         set(
             &mut out,
-            "isolated-eg",
-            "ifname",
-            self.isolated_eg.iter().map(quoted),
-        );
-        set(
-            &mut out,
             "isolated-in",
             "ifname",
             self.isolated_in.iter().map(quoted),
+        );
+        // The same pairs with what to do next, so that an IP frame from a
+        // pod costs one lookup: on to the inet table, or first through
+        // the checks of an egress-isolated pod.
+        let verdicts = |v6: bool| {
+            pairs(v6)
+                .zip(self.bound.iter().flat_map(move |(port, addrs)| {
+                    let isolated = self.isolated_eg.contains(port);
+                    addrs
+                        .iter()
+                        .filter(move |a| a.is_ipv6() == v6)
+                        .map(move |_| isolated)
+                }))
+                .map(|(pair, isolated)| {
+                    let verdict = if isolated {
+                        "goto isolated-from-pod"
+                    } else {
+                        "accept"
+                    };
+                    format!("{pair} : {verdict}")
+                })
+        };
+        out.push_str(ISOLATED_FROM_POD);
+        map(
+            &mut out,
+            "from-port-4",
+            "ifname . ipv4_addr",
+            verdicts(false),
+        );
+        map(
+            &mut out,
+            "from-port-6",
+            "ifname . ipv6_addr",
+            verdicts(true),
         );
         out.push_str(CHAINS);
         out.push_str("}\n");
@@ -190,28 +219,31 @@ impl Guard {
     }
 }
 
-/// The fixed chains (see the module documentation).
-const CHAINS: &str = "\tchain isolated-from-pod {
+/// The fixed chains (see the module documentation): the one the maps'
+/// verdicts name comes before them.
+const ISOLATED_FROM_POD: &str = "\tchain isolated-from-pod {
+\t\tmeta pkttype { host, other } meta protocol ip accept
 \t\ticmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 \t\tmeta pkttype { broadcast, multicast } counter drop
 \t\tip6 daddr fe80::/10 counter drop
 \t\taccept
 \t}
-\tchain from-pod {
+";
+
+/// The chains that read the maps, and the base chains.
+const CHAINS: &str = "\tchain from-pod {
+\t\tiifname . ip saddr vmap @from-port-4
+\t\tiifname . ip6 saddr vmap @from-port-6
 \t\tarp saddr ip 0.0.0.0 accept
 \t\tiifname . arp saddr ip @port-addrs-4 accept
 \t\tip6 saddr { ::, fe80::/10 } icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 \t\tip6 saddr { ::, fe80::/10 } icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } ip6 hoplimit 1 accept
-\t\tiifname @isolated-eg iifname . ip saddr @port-addrs-4 goto isolated-from-pod
-\t\tiifname @isolated-eg iifname . ip6 saddr @port-addrs-6 goto isolated-from-pod
-\t\tiifname . ip saddr @port-addrs-4 accept
-\t\tiifname . ip6 saddr @port-addrs-6 accept
 \t\tcounter drop
 \t}
 \tchain to-isolated-pod {
-\t\tether type arp accept
 \t\toifname . ip daddr @port-addrs-4 accept
 \t\toifname . ip6 daddr @port-addrs-6 accept
+\t\tether type arp accept
 \t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
 \t\tcounter drop
 \t}
@@ -227,6 +259,15 @@ const CHAINS: &str = "\tchain isolated-from-pod {
 
 fn quoted(s: impl AsRef<str>) -> String {
     format!("\"{}\"", s.as_ref())
+}
+
+fn map(out: &mut String, name: &str, ty: &str, elems: impl Iterator<Item = String>) {
+    let elems: Vec<String> = elems.collect();
+    let _ = writeln!(out, "\tmap {name} {{\n\t\ttype {ty} : verdict");
+    if !elems.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(", "));
+    }
+    out.push_str("\t}\n");
 }
 
 fn set(out: &mut String, name: &str, ty: &str, elems: impl Iterator<Item = String>) {
@@ -367,42 +408,23 @@ mod tests {
     fn a_port_stays_guarded_once_bound_and_an_unknown_one_is_not_guarded() {
         let local = BTreeSet::from([ip("10.244.1.10")]);
         let mut guarded = BTreeSet::new();
-        let none = BTreeSet::new();
+        let mut step = |ports: &[PortAddrs]| {
+            let none = BTreeSet::new();
+            let binding = bind(ports, &local, &BTreeMap::new());
+            Guard::new(ports, &binding, &none, &none, &mut guarded)
+        };
+        let veth0 = BTreeSet::from(["veth0".to_string()]);
         let ports = [
             port("veth0", &["10.244.1.10"]),
             port("veth1", &["10.244.1.20"]),
         ];
-        let g = Guard::new(
-            &ports,
-            &bind(&ports, &local, &BTreeMap::new()),
-            &none,
-            &none,
-            &mut guarded,
-        );
-        assert_eq!(
-            g.ports,
-            BTreeSet::from(["veth0".to_string()]),
-            "veth1's pod is unknown"
-        );
+        assert_eq!(step(&ports).ports, veth0, "veth1's pod is unknown");
         // The pod drops its address: its port stays guarded, with nothing bound.
         let ports = [port("veth0", &[]), port("veth1", &["10.244.1.20"])];
-        let g = Guard::new(
-            &ports,
-            &bind(&ports, &local, &BTreeMap::new()),
-            &none,
-            &none,
-            &mut guarded,
-        );
-        assert_eq!(g.ports, BTreeSet::from(["veth0".to_string()]));
+        let g = step(&ports);
+        assert_eq!(g.ports, veth0);
         assert!(g.bound.is_empty());
         // Gone from the kernel: forgotten.
-        let g = Guard::new(
-            &ports[1..],
-            &bind(&ports[1..], &local, &BTreeMap::new()),
-            &none,
-            &none,
-            &mut guarded,
-        );
-        assert!(g.ports.is_empty() && guarded.is_empty());
+        assert!(step(&ports[1..]).ports.is_empty());
     }
 }
