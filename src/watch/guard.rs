@@ -37,6 +37,34 @@ pub struct PortGuard {
     bound: BTreeMap<IpAddr, String>,
     /// The ports guarded so far (name, ifindex), while they exist.
     guarded: BTreeSet<(String, u32)>,
+    /// What the last plan asked of the guard, for [`PortGuard::retry`].
+    wanted: Option<Wanted>,
+}
+
+/// What a plan asks of the guard: the local pods' addresses, and those of
+/// the pods isolated for ingress and for egress.
+#[derive(Debug, Default)]
+struct Wanted {
+    local: BTreeSet<IpAddr>,
+    isolated_in: BTreeSet<IpAddr>,
+    isolated_eg: BTreeSet<IpAddr>,
+}
+
+impl Wanted {
+    fn of(plan: &Plan) -> Self {
+        let isolated = |d: Direction| -> BTreeSet<IpAddr> {
+            plan.pods
+                .iter()
+                .filter(|p| p.direction == d)
+                .flat_map(|p| p.ips.iter().copied())
+                .collect()
+        };
+        Self {
+            local: plan.local_addrs.clone(),
+            isolated_in: isolated(Direction::Ingress),
+            isolated_eg: isolated(Direction::Egress),
+        }
+    }
 }
 
 impl PortGuard {
@@ -50,12 +78,27 @@ impl PortGuard {
             syncer: GuardSyncer::new(nft, table),
             bound: BTreeMap::new(),
             guarded: BTreeSet::new(),
+            wanted: None,
         }
     }
 
     /// Makes the guard match `plan` and the ports the kernel has now;
     /// `full` replaces the table even when nothing changed (resync).
     pub fn sync(&mut self, plan: &Plan, full: bool) -> Result<GuardReport, String> {
+        self.wanted = Some(Wanted::of(plan));
+        self.apply(full)
+    }
+
+    /// Looks at the ports again for the last plan (addresses no port
+    /// carried yet), without a new compilation.
+    pub fn retry(&mut self) -> Result<GuardReport, String> {
+        self.apply(false)
+    }
+
+    fn apply(&mut self, full: bool) -> Result<GuardReport, String> {
+        let Some(wanted) = &self.wanted else {
+            return Ok(GuardReport::default());
+        };
         let socket = match &mut self.socket {
             Some(s) => s,
             None => self.socket.insert(
@@ -78,19 +121,12 @@ impl PortGuard {
                 addrs: p.addrs,
             })
             .collect();
-        let binding = guard::bind(&ports, &plan.local_addrs, &self.bound);
-        let isolated = |d: Direction| -> BTreeSet<IpAddr> {
-            plan.pods
-                .iter()
-                .filter(|p| p.direction == d)
-                .flat_map(|p| p.ips.iter().copied())
-                .collect()
-        };
+        let binding = guard::bind(&ports, &wanted.local, &self.bound);
         let want = Guard::new(
             &ports,
             &binding,
-            &isolated(Direction::Ingress),
-            &isolated(Direction::Egress),
+            &wanted.isolated_in,
+            &wanted.isolated_eg,
             &mut self.guarded,
         );
         let changed = self

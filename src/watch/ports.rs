@@ -38,7 +38,6 @@
 //! address detection failed are left out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -46,7 +45,6 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::libc;
-use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
     setsockopt, socket, sockopt,
@@ -126,13 +124,8 @@ pub struct Port {
 /// A discovery that failed, by the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PortsError {
-    #[error("opening {}: {source}", path.display())]
-    OpenNetns {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("entering {}: {}", path.display(), source.desc())]
-    EnterNetns { path: PathBuf, source: Errno },
+    #[error("{}: {why}", path.display())]
+    Netns { path: PathBuf, why: String },
     #[error("opening a route netlink socket: {what}: {}", source.desc())]
     Socket { what: &'static str, source: Errno },
     #[error("dumping the links: {0}")]
@@ -173,26 +166,11 @@ impl RouteSocket {
     /// Opens the socket in the calling thread's network namespace, or in
     /// the one at `netns`, entered on a thread of its own.
     pub fn open(netns: Option<&Path>) -> Result<Self, PortsError> {
-        let fd = match netns {
-            None => open_socket(),
-            Some(path) => std::thread::scope(|s| {
-                s.spawn(|| {
-                    let file = File::open(path).map_err(|source| PortsError::OpenNetns {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                        PortsError::EnterNetns {
-                            path: path.to_path_buf(),
-                            source,
-                        }
-                    })?;
-                    open_socket()
-                })
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            }),
-        }?;
+        let fd =
+            crate::netns::in_netns(netns, open_socket).map_err(|why| PortsError::Netns {
+                path: netns.map(Path::to_path_buf).unwrap_or_default(),
+                why,
+            })??;
         Ok(Self {
             fd,
             seq: std::process::id().wrapping_shl(16),

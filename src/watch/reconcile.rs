@@ -17,7 +17,7 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use super::flows::{StaleFlows, address_owners, changed_hands};
-use super::guard::PortGuard;
+use super::guard::{GuardReport, PortGuard};
 use super::metrics::{SyncKind, SyncLabels};
 use super::{RunConfig, Shared};
 use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
@@ -100,9 +100,9 @@ pub async fn run(
             &cfg.table,
         ))
     };
-    // Local pod addresses no port carries yet: looked for again, backing off.
-    let mut unbound: Vec<IpAddr> = Vec::new();
-    let mut unbound_tries: u32 = 0;
+    // Local pod addresses no port carries yet: looked for again, backing
+    // off, by the guard alone (no compilation).
+    let mut unbound = Unbound::default();
 
     loop {
         let mut full = false;
@@ -110,6 +110,19 @@ pub async fn run(
             _ = shared.changed.notified() => {}
             _ = sleep_until(next_resync.into()) => full = true,
             _ = async { match retry_at { Some(t) => sleep_until(t.into()).await, None => std::future::pending().await } } => {}
+            _ = async { match unbound.retry_at { Some(t) => sleep_until(t.into()).await, None => std::future::pending().await } } => {
+                if let Some(mut g) = guard.take() {
+                    let (g, report) = tokio::task::spawn_blocking(move || {
+                        let report = g.retry();
+                        (g, report)
+                    })
+                    .await
+                    .expect("the guard does not panic");
+                    guard = Some(g);
+                    unbound.record(&shared, report);
+                }
+                continue;
+            }
             _ = stop.changed() => return,
         }
         if full {
@@ -215,38 +228,8 @@ pub async fn run(
         renderer = Some(r);
         guard = g;
         stale_flows = flows;
-        let retry_after = |retry_at: Option<Instant>, tries: u32| {
-            let next = Instant::now() + retry_delay(tries);
-            Some(retry_at.map_or(next, |t| t.min(next)))
-        };
-        match guarded {
-            None => {}
-            Some(Err(e)) => {
-                error!(error = %e, "port guard not updated; the kernel keeps the previous one");
-                shared.set_guard_error(Some(e));
-                unbound_tries += 1;
-                retry_at = retry_after(retry_at, unbound_tries);
-            }
-            Some(Ok(report)) => {
-                shared.set_guard_error(None);
-                for (addr, ports) in &report.contested {
-                    warn!(%addr, ?ports, "several ports carry one pod address; it stays bound to the port that had it, if any");
-                }
-                if report.unbound != unbound && !report.unbound.is_empty() {
-                    let some = &report.unbound[..report.unbound.len().min(8)];
-                    warn!(count = report.unbound.len(), first = ?some, "pod addresses no port carries yet: those pods send nothing until their port is found");
-                }
-                if report.unbound.is_empty() {
-                    unbound_tries = 0;
-                } else {
-                    unbound_tries += 1;
-                    retry_at = retry_after(retry_at, unbound_tries);
-                }
-                unbound = report.unbound;
-                let mut st = shared.status.lock().expect("lock");
-                st.guarded_ports = report.ports;
-                st.unbound_addresses = unbound.len();
-            }
+        if let Some(report) = guarded {
+            unbound.record(&shared, report);
         }
         match forgotten {
             Some(Ok(f)) if f.addresses > 0 => {
@@ -372,6 +355,51 @@ pub async fn run(
                 retry_at = Some(retry_at.map_or(next, |t| t.min(next)));
             }
         }
+    }
+}
+
+/// The port guard's last outcome, and when to look at the ports again.
+#[derive(Default)]
+struct Unbound {
+    /// Local pod addresses no port carried at the last look.
+    addrs: Vec<IpAddr>,
+    tries: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Unbound {
+    /// Records a guard sync: errors and unbound addresses are looked at
+    /// again with backoff; `/readyz` fails while the guard cannot be updated.
+    fn record(&mut self, shared: &Shared, report: Result<GuardReport, String>) {
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                error!(error = %e, "port guard not updated; the kernel keeps the previous one");
+                shared.set_guard_error(Some(e));
+                self.tries += 1;
+                self.retry_at = Some(Instant::now() + retry_delay(self.tries));
+                return;
+            }
+        };
+        shared.set_guard_error(None);
+        for (addr, ports) in &report.contested {
+            warn!(%addr, ?ports, "several ports carry one pod address; it stays bound to the port that had it, if any");
+        }
+        if report.unbound != self.addrs && !report.unbound.is_empty() {
+            let some = &report.unbound[..report.unbound.len().min(8)];
+            warn!(count = report.unbound.len(), first = ?some, "pod addresses no port carries yet: those pods send nothing until their port is found");
+        }
+        if report.unbound.is_empty() {
+            self.tries = 0;
+            self.retry_at = None;
+        } else {
+            self.tries += 1;
+            self.retry_at = Some(Instant::now() + retry_delay(self.tries));
+        }
+        self.addrs = report.unbound;
+        let mut st = shared.status.lock().expect("lock");
+        st.guarded_ports = report.ports;
+        st.unbound_addresses = self.addrs.len();
     }
 }
 
