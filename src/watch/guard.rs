@@ -39,6 +39,11 @@ pub struct PortGuard {
     guarded: BTreeSet<(String, u32)>,
     /// What the last plan asked of the guard, for [`PortGuard::retry`].
     wanted: Option<Wanted>,
+    /// The ports as last read from the kernel, and the local pod addresses
+    /// they were read for: read again only when those change (a pod came,
+    /// went or got another address), at a full sync and at a retry. A
+    /// change of isolation alone needs no new look at the ports.
+    ports: Option<(BTreeSet<IpAddr>, Vec<PortAddrs>)>,
 }
 
 /// What a plan asks of the guard: the local pods' addresses, and those of
@@ -79,6 +84,7 @@ impl PortGuard {
             bound: BTreeMap::new(),
             guarded: BTreeSet::new(),
             wanted: None,
+            ports: None,
         }
     }
 
@@ -92,6 +98,7 @@ impl PortGuard {
     /// Looks at the ports again for the last plan (addresses no port
     /// carried yet), without a new compilation.
     pub fn retry(&mut self) -> Result<GuardReport, String> {
+        self.ports = None;
         self.apply(false)
     }
 
@@ -99,31 +106,20 @@ impl PortGuard {
         let Some(wanted) = &self.wanted else {
             return Ok(GuardReport::default());
         };
-        let socket = match &mut self.socket {
-            Some(s) => s,
-            None => self.socket.insert(
-                RouteSocket::open(self.netns.as_deref()).map_err(|e| format!("port guard: {e}"))?,
-            ),
+        let stale = match &self.ports {
+            Some((local, _)) => full || *local != wanted.local,
+            None => true,
         };
-        let found = match socket.pod_ports() {
-            Ok(found) => found,
-            Err(e) => {
-                self.socket = None; // opened anew next time
-                return Err(format!("port guard: finding the pods' ports: {e}"));
-            }
-        };
-        let ports: Vec<PortAddrs> = found
-            .into_iter()
-            .filter(|p| self.bridges.contains(&p.bridge))
-            .map(|p| PortAddrs {
-                port: p.name,
-                ifindex: p.ifindex,
-                addrs: p.addrs,
-            })
-            .collect();
-        let binding = guard::bind(&ports, &wanted.local, &self.bound);
+        if stale {
+            let local = wanted.local.clone();
+            let ports = self.discover()?;
+            self.ports = Some((local, ports));
+        }
+        let wanted = self.wanted.as_ref().expect("checked");
+        let (_, ports) = self.ports.as_ref().expect("just read");
+        let binding = guard::bind(ports, &wanted.local, &self.bound);
         let want = Guard::new(
-            &ports,
+            ports,
             &binding,
             &wanted.isolated_in,
             &wanted.isolated_eg,
@@ -140,5 +136,31 @@ impl PortGuard {
             unbound: binding.unbound,
             contested: binding.contested,
         })
+    }
+
+    /// The ports of the pod bridges, as the kernel has them now.
+    fn discover(&mut self) -> Result<Vec<PortAddrs>, String> {
+        let socket = match &mut self.socket {
+            Some(s) => s,
+            None => self.socket.insert(
+                RouteSocket::open(self.netns.as_deref()).map_err(|e| format!("port guard: {e}"))?,
+            ),
+        };
+        let found = match socket.pod_ports() {
+            Ok(found) => found,
+            Err(e) => {
+                self.socket = None; // opened anew next time
+                return Err(format!("port guard: finding the pods' ports: {e}"));
+            }
+        };
+        Ok(found
+            .into_iter()
+            .filter(|p| self.bridges.contains(&p.bridge))
+            .map(|p| PortAddrs {
+                port: p.name,
+                ifindex: p.ifindex,
+                addrs: p.addrs,
+            })
+            .collect())
     }
 }

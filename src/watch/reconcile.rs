@@ -93,6 +93,7 @@ pub async fn run(
         warn!("no pod bridges (--pod-bridges): no port guard; a pod can forge another's address");
         None
     } else {
+        info!(bridges = ?cfg.pod_bridges, "port guard on the ports of the pod bridges (table bridge {})", cfg.table);
         Some(PortGuard::new(
             cfg.pod_bridges.clone(),
             cfg.netns.clone(),
