@@ -46,21 +46,6 @@ pub struct Compiled {
     pub warnings: Vec<String>,
 }
 
-/// Stable 64-bit FNV-1a, for set names that must not change between runs.
-pub fn stable_hash(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// [`stable_hash`] as 16 hex digits.
-pub fn stable_hash_hex(s: &str) -> String {
-    format!("{:016x}", stable_hash(s))
-}
-
 /// Validates every policy, sorted by key; a second policy with the same key
 /// is reported and ignored.
 pub fn parse_policies(snap: &Snapshot, diags: &mut Vec<Diagnostic>) -> Vec<Policy> {
