@@ -163,43 +163,33 @@ impl Guard {
             "ifname",
             self.ports.iter().map(quoted),
         );
+        // `"port" . address`, and what to do next with a frame from it.
         let pairs = |v6: bool| {
             self.bound.iter().flat_map(move |(port, addrs)| {
+                let next = if self.isolated_eg.contains(port) {
+                    "goto isolated-from-pod"
+                } else {
+                    "accept"
+                };
                 addrs
                     .iter()
                     .filter(move |a| a.is_ipv6() == v6)
-                    .map(move |a| format!("{} . {a}", quoted(port)))
+                    .map(move |a| (format!("{} . {a}", quoted(port)), next))
             })
         };
-        set(&mut out, "port-addrs-4", "ifname . ipv4_addr", pairs(false));
-        set(&mut out, "port-addrs-6", "ifname . ipv6_addr", pairs(true));
+        let keys = |v6| pairs(v6).map(|(pair, _)| pair);
+        set(&mut out, "port-addrs-4", "ifname . ipv4_addr", keys(false));
+        set(&mut out, "port-addrs-6", "ifname . ipv6_addr", keys(true));
         set(
             &mut out,
             "isolated-in",
             "ifname",
             self.isolated_in.iter().map(quoted),
         );
-        // The same pairs with what to do next, so that an IP frame from a
-        // pod costs one lookup: on to the inet table, or first through
-        // the checks of an egress-isolated pod.
-        let verdicts = |v6: bool| {
-            pairs(v6)
-                .zip(self.bound.iter().flat_map(move |(port, addrs)| {
-                    let isolated = self.isolated_eg.contains(port);
-                    addrs
-                        .iter()
-                        .filter(move |a| a.is_ipv6() == v6)
-                        .map(move |_| isolated)
-                }))
-                .map(|(pair, isolated)| {
-                    let verdict = if isolated {
-                        "goto isolated-from-pod"
-                    } else {
-                        "accept"
-                    };
-                    format!("{pair} : {verdict}")
-                })
-        };
+        // The same pairs with their verdicts, so that an IP frame from a
+        // pod costs one lookup: on to the inet table, or first through the
+        // checks of an egress-isolated pod.
+        let verdicts = |v6| pairs(v6).map(|(pair, next)| format!("{pair} : {next}"));
         out.push_str(ISOLATED_FROM_POD);
         map(
             &mut out,
@@ -262,17 +252,22 @@ fn quoted(s: impl AsRef<str>) -> String {
 }
 
 fn map(out: &mut String, name: &str, ty: &str, elems: impl Iterator<Item = String>) {
-    let elems: Vec<String> = elems.collect();
-    let _ = writeln!(out, "\tmap {name} {{\n\t\ttype {ty} : verdict");
-    if !elems.is_empty() {
-        let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(", "));
-    }
-    out.push_str("\t}\n");
+    declare(out, "map", name, &format!("{ty} : verdict"), elems);
 }
 
 fn set(out: &mut String, name: &str, ty: &str, elems: impl Iterator<Item = String>) {
+    declare(out, "set", name, ty, elems);
+}
+
+fn declare(
+    out: &mut String,
+    kind: &str,
+    name: &str,
+    ty: &str,
+    elems: impl Iterator<Item = String>,
+) {
     let elems: Vec<String> = elems.collect();
-    let _ = writeln!(out, "\tset {name} {{\n\t\ttype {ty}");
+    let _ = writeln!(out, "\t{kind} {name} {{\n\t\ttype {ty}");
     if !elems.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", elems.join(", "));
     }

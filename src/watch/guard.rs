@@ -15,8 +15,6 @@ use crate::nft::guard::{self, Guard, GuardSyncer, PortAddrs};
 /// What one guard sync found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuardReport {
-    /// The table was replaced.
-    pub changed: bool,
     /// Ports guarded.
     pub ports: usize,
     /// Local pod addresses no port carries yet (their pods send nothing
@@ -125,13 +123,11 @@ impl PortGuard {
             &wanted.isolated_eg,
             &mut self.guarded,
         );
-        let changed = self
-            .syncer
+        self.syncer
             .sync(&want, full)
             .map_err(|e| format!("port guard: applying table bridge: {e}"))?;
         self.bound = binding.port_of;
         Ok(GuardReport {
-            changed,
             ports: want.ports.len(),
             unbound: binding.unbound,
             contested: binding.contested,
