@@ -1,32 +1,21 @@
+# syntax=docker/dockerfile:1
 # The nftpol image that deploy/nftpol.yaml runs: the `nftpol` binary and `nft`.
 #   docker build -t REGISTRY/nftpol:TAG .
-# .dockerignore sends only Cargo.toml, Cargo.lock, src/ and benches/.
+# .dockerignore sends only the workspace manifests and crates/ (the test
+# bench crate too: Cargo resolves the whole workspace, but only the product
+# crate is built).
 
 FROM rust:1-bookworm AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /build
-
-# 1. The dependencies alone, against stub sources: this layer is rebuilt only
-#    when Cargo.toml or Cargo.lock change, not on every source change.
-#    Cargo loads the manifest only if every target it declares has its file,
-#    so each [[bench]] gets a stub too (at its default path, benches/NAME.rs).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
- && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && awk '/^\[\[bench\]\]/ { b = 1; next } /^\[/ { b = 0 } \
-         b && /^name *=/ { split($0, q, "\""); print q[2] }' Cargo.toml \
-    | while read -r bench; do echo 'fn main() {}' > "benches/$bench.rs"; done \
- && cargo build --release --locked --bin nftpol \
- && rm -rf src benches
-
-# 2. nftpol itself (benches/ only so that the manifest loads; they are not
-#    built). COPY keeps the files' modification times, which can be older
-#    than the stubs': touch the crate roots so cargo rebuilds them.
-COPY src ./src
-COPY benches ./benches
-RUN touch src/lib.rs src/main.rs \
- && cargo build --release --locked --bin nftpol \
+COPY crates ./crates
+# The product crate alone: `-p nftpol --bin nftpol` builds no test, bench or
+# lab code. The registry and target/ are BuildKit cache mounts, so a source
+# change rebuilds nftpol, not its dependencies.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked -p nftpol --bin nftpol \
  && install -D -m 0755 target/release/nftpol /out/nftpol
 
 
