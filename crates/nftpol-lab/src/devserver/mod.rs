@@ -71,7 +71,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> anyhow::Result<()> {
-//! use nftpol::devserver::{Config, DevServer};
+//! use nftpol_lab::devserver::{Config, DevServer};
 //! let server = DevServer::start(Config::default()).await?;
 //! let client = server.client()?;            // a kube::Client for it
 //! // ... create objects, run a watcher ...
