@@ -1,12 +1,23 @@
 //! Small builders of namespaces, pods, policies and snapshots, for the
-//! tests and benches of both crates.
+//! tests and benches of both crates, and for the synthetic clusters.
+//!
+//! Two forms of the same objects, one builder each:
+//! - snapshot objects, what the compiler reads: [`mk_ns`]
+//!   ([`NamespaceInfo`]), [`mk_pod`] and [`running_pod`] ([`PodInfo`],
+//!   tweaked with [`PodExt`]), [`mk_policy`] ([`NetworkPolicy`], which
+//!   the snapshot keeps as it is), [`snapshot`];
+//! - API objects, what a client writes to an API server:
+//!   [`namespace_object`], [`pod_object`], [`policy_object`], each made
+//!   from the snapshot object it trims back to.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nftpol::compiler::snapshot::{
     Labels, NamedPort, NamespaceInfo, ObjectKey, PodInfo, Protocol, Snapshot,
 };
+use serde_json::Value;
 pub use serde_json::json;
 
 /// True when a test that needs network namespaces can run; prints why not
@@ -21,10 +32,12 @@ pub fn lab_ready(test: &str) -> bool {
     }
 }
 
+// === Snapshot objects ===
+
 /// Labels from `(key, value)` pairs.
-pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+pub fn labels<'a>(pairs: impl IntoIterator<Item = &'a (&'a str, &'a str)>) -> Labels {
     pairs
-        .iter()
+        .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
@@ -41,16 +54,42 @@ pub fn mk_ns(name: &str, pairs: &[(&str, &str)]) -> NamespaceInfo {
 
 /// A running pod with one IP. Chain [`PodExt`] methods for the rest.
 pub fn mk_pod(ns: &str, name: &str, node: &str, ip: &str, pairs: &[(&str, &str)]) -> PodInfo {
+    running_pod(
+        ObjectKey::new(ns, name),
+        node,
+        vec![parse_ip(ip)],
+        labels(pairs),
+    )
+}
+
+/// A running pod `key` on `node` with these addresses and labels, no
+/// named port: [`mk_pod`] from parts already parsed (the synthetic
+/// clusters make 100k of them).
+pub fn running_pod(
+    key: ObjectKey,
+    node: impl Into<Arc<str>>,
+    ips: Vec<IpAddr>,
+    labels: Labels,
+) -> PodInfo {
     PodInfo {
-        key: ObjectKey::new(ns, name),
-        labels: labels(pairs).into(),
+        key,
+        labels: labels.into(),
         node: Some(node.into()),
-        ips: vec![parse_ip(ip)].into(),
+        ips: ips.into(),
         host_network: false,
         deleting: false,
         created: 0,
         phase: Some("Running".into()),
         named_ports: Vec::new().into(),
+    }
+}
+
+/// A named container port.
+pub fn named_port(name: &str, protocol: Protocol, port: u16) -> NamedPort {
+    NamedPort {
+        name: name.to_string(),
+        protocol,
+        port,
     }
 }
 
@@ -79,11 +118,7 @@ pub trait PodExt: Sized {
 impl PodExt for PodInfo {
     fn named_port(mut self, name: &str, protocol: Protocol, port: u16) -> Self {
         let mut ports = self.named_ports.to_vec();
-        ports.push(NamedPort {
-            name: name.to_string(),
-            protocol,
-            port,
-        });
+        ports.push(named_port(name, protocol, port));
         self.named_ports = ports.into();
         self
     }
@@ -119,6 +154,8 @@ impl PodExt for PodInfo {
     }
 }
 
+// === Policies (the snapshot keeps them as API objects) ===
+
 /// A NetworkPolicy from its full JSON (or YAML-shaped `json!`) form.
 pub fn policy(value: serde_json::Value) -> NetworkPolicy {
     serde_json::from_value(value).unwrap_or_else(|e| panic!("not a NetworkPolicy: {e}"))
@@ -146,6 +183,113 @@ pub fn snapshot(
     policies.into_iter().for_each(|p| snap.add_policy(p));
     snap
 }
+
+// === API objects ===
+
+/// A Namespace object with the snapshot's labels.
+pub fn namespace_object(ns: &NamespaceInfo) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": ns.name, "labels": ns.labels },
+    })
+}
+
+/// A Pod object that [`PodInfo::from_pod`] trims back to `pod`: labels,
+/// `spec.nodeName`, `hostNetwork`, one container carrying the named ports,
+/// `status.phase`, `podIP` and `podIPs`. It also has what a Deployment's pod
+/// usually carries besides (owner reference, resources, conditions), so that
+/// lists and watch events are about the size of a real pod's (without
+/// managed fields).
+pub fn pod_object(pod: &PodInfo) -> Value {
+    let app = pod.labels.get("app").unwrap_or("main");
+    let hash = pod.labels.get("pod-template-hash").unwrap_or("0");
+    let ports: Vec<Value> = pod
+        .named_ports
+        .iter()
+        .map(|p| json!({ "name": p.name, "containerPort": p.port, "protocol": p.protocol.to_string() }))
+        .collect();
+    let mut container = json!({
+        "name": app,
+        "image": format!("registry.example.com/{app}:1.0.{hash}"),
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {
+            "requests": { "cpu": "100m", "memory": "128Mi" },
+            "limits": { "memory": "256Mi" },
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+    });
+    if !ports.is_empty() {
+        container["ports"] = Value::Array(ports);
+    }
+    let mut spec = json!({
+        "containers": [container],
+        "restartPolicy": "Always",
+        "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default",
+        "schedulerName": "default-scheduler",
+        "terminationGracePeriodSeconds": 30,
+    });
+    if let Some(node) = &pod.node {
+        spec["nodeName"] = json!(node.as_ref());
+    }
+    if pod.host_network {
+        spec["hostNetwork"] = json!(true);
+    }
+    let mut status = json!({
+        "conditions": [
+            { "type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z" },
+        ],
+        "startTime": "2025-01-01T00:00:00Z",
+        "qosClass": "Burstable",
+    });
+    if let Some(phase) = &pod.phase {
+        status["phase"] = json!(phase.as_ref());
+    }
+    if let Some(first) = pod.ips.first() {
+        status["podIP"] = json!(first.to_string());
+        status["podIPs"] = pod
+            .ips
+            .iter()
+            .map(|ip| json!({ "ip": ip.to_string() }))
+            .collect();
+    }
+    let base = pod
+        .key
+        .name
+        .rsplit_once('-')
+        .map_or(pod.key.name.as_str(), |(head, _)| head);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod.key.name,
+            "namespace": &*pod.key.namespace,
+            "labels": &pod.labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": base,
+                "uid": "00000000-0000-4000-8000-000000000000",
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": spec,
+        "status": status,
+    })
+}
+
+/// A NetworkPolicy object (apiVersion and kind set).
+pub fn policy_object(policy: &NetworkPolicy) -> Value {
+    let mut v = serde_json::to_value(policy).expect("policies serialize");
+    v["apiVersion"] = json!("networking.k8s.io/v1");
+    v["kind"] = json!("NetworkPolicy");
+    v
+}
+
+// === The repository ===
 
 /// A path in the repository (the workspace root): `examples/`,
 /// `conformance/`, `deploy/`.

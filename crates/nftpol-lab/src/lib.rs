@@ -10,7 +10,9 @@
 //! - [`synth`]: synthetic clusters for the benches and the scale tests.
 //! - [`eval`]: a packet tracer over a rendered ruleset (the proptests' and
 //!   the datapath bench's second opinion on the kernel).
-//! - [`fixtures`]: small builders of namespaces, pods and policies.
+//! - [`fixtures`]: small builders of namespaces, pods and policies, as
+//!   snapshot objects and as API objects.
+//! - [`report`]: what the benches print (Markdown tables, the machine).
 //!
 //! It depends on the product (`nftpol`), never the other way round: the
 //! product's tests and benches take it as a dev-dependency.
@@ -25,5 +27,6 @@ pub mod devserver;
 pub mod eval;
 pub mod fixtures;
 pub mod lab;
+pub mod report;
 pub mod sandbox;
 pub mod synth;

@@ -35,8 +35,10 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 
-use nftpol::compiler::{
-    AddrSetKind, Labels, NamedPort, NamespaceInfo, ObjectKey, PodInfo, Protocol, Snapshot, compile,
+use nftpol::compiler::{AddrSetKind, NamedPort, ObjectKey, PodInfo, Protocol, Snapshot, compile};
+
+use crate::fixtures::{
+    labels, mk_ns, mk_policy, named_port, namespace_object, pod_object, policy_object, running_pod,
 };
 
 /// Pods per remote node (the kubelet's default maximum).
@@ -161,21 +163,6 @@ struct Ns {
     deny: (bool, bool),
 }
 
-fn named(name: &str, protocol: Protocol, port: u16) -> NamedPort {
-    NamedPort {
-        name: name.into(),
-        protocol,
-        port,
-    }
-}
-
-fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Labels {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn node_v4_addr(node: usize, slot: usize) -> Ipv4Addr {
     let base = u32::from(Ipv4Addr::new(10, 244, 0, 0));
     Ipv4Addr::from(base + ((node as u32) << 8) + slot as u32 + 2)
@@ -224,9 +211,9 @@ fn layout(spec: &SynthSpec, rng: &mut Rng) -> Vec<Ns> {
                 tier: "system",
                 extra: vec![("k8s-app", "kube-dns")],
                 ports: vec![
-                    named("dns", Protocol::Udp, 53),
-                    named("dns-tcp", Protocol::Tcp, 53),
-                    named("metrics", Protocol::Tcp, 9153),
+                    named_port("dns", Protocol::Udp, 53),
+                    named_port("dns-tcp", Protocol::Tcp, 53),
+                    named_port("metrics", Protocol::Tcp, 9153),
                 ],
                 template_hash: tmpl(rng),
             },
@@ -234,7 +221,7 @@ fn layout(spec: &SynthSpec, rng: &mut Rng) -> Vec<Ns> {
                 name: "metrics-server",
                 tier: "system",
                 extra: vec![("k8s-app", "metrics-server")],
-                ports: vec![named("https", Protocol::Tcp, 10250)],
+                ports: vec![named_port("https", Protocol::Tcp, 10250)],
                 template_hash: tmpl(rng),
             },
         ],
@@ -251,14 +238,14 @@ fn layout(spec: &SynthSpec, rng: &mut Rng) -> Vec<Ns> {
                 name: "prometheus",
                 tier: "system",
                 extra: vec![],
-                ports: vec![named("http", Protocol::Tcp, 9090)],
+                ports: vec![named_port("http", Protocol::Tcp, 9090)],
                 template_hash: tmpl(rng),
             },
             App {
                 name: "grafana",
                 tier: "system",
                 extra: vec![],
-                ports: vec![named("http", Protocol::Tcp, 3000)],
+                ports: vec![named_port("http", Protocol::Tcp, 3000)],
                 template_hash: tmpl(rng),
             },
         ],
@@ -275,10 +262,14 @@ fn layout(spec: &SynthSpec, rng: &mut Rng) -> Vec<Ns> {
             .map(|&(name, tier)| {
                 let mut ports = Vec::new();
                 if tier != "data" {
-                    ports.push(named("http", Protocol::Tcp, *rng.pick(&HTTP_PORTS)));
+                    ports.push(named_port("http", Protocol::Tcp, *rng.pick(&HTTP_PORTS)));
                 }
                 if !rng.chance(1, 4) {
-                    ports.push(named("metrics", Protocol::Tcp, *rng.pick(&METRICS_PORTS)));
+                    ports.push(named_port(
+                        "metrics",
+                        Protocol::Tcp,
+                        *rng.pick(&METRICS_PORTS),
+                    ));
                 }
                 App {
                     name,
@@ -309,10 +300,7 @@ pub fn synth_cluster(spec: &SynthSpec) -> Snapshot {
     let nss = layout(spec, &mut rng);
     let mut snap = Snapshot::default();
     for ns in &nss {
-        snap.add_namespace(NamespaceInfo::new(
-            ns.name.clone(),
-            labels([("team", ns.team), ("env", ns.env)]),
-        ));
+        snap.add_namespace(mk_ns(&ns.name, &[("team", ns.team), ("env", ns.env)]));
     }
 
     // Placement: a shuffled order of pods; the first `local` go to the local
@@ -337,55 +325,39 @@ pub fn synth_cluster(spec: &SynthSpec) -> Snapshot {
         let j = per_ns[ns_idx];
         per_ns[ns_idx] += 1;
         let app = &ns.apps[j % ns.apps.len()];
-        let mut l = labels([
+        let mut l = labels(&[
             ("app", app.name),
             ("tier", app.tier),
             ("team", ns.team),
             ("pod-template-hash", app.template_hash.as_str()),
             ("version", if rng.chance(1, 5) { "v2" } else { "v1" }),
         ]);
-        l.extend(labels(app.extra.iter().copied()));
+        l.extend(labels(&app.extra));
         let mut ips = vec![node_v4(node, slot)];
         if ns.dual_stack {
             ips.push(node_v6(node, slot));
         }
-        snap.add_pod(PodInfo {
-            key: ObjectKey::new(
+        let mut pod = running_pod(
+            ObjectKey::new(
                 ns.name.clone(),
                 format!("{}-{}-{:05x}", app.name, app.template_hash, j),
             ),
-            labels: l.into(),
-            node: Some(
-                if node == 0 {
-                    spec.node.clone()
-                } else {
-                    remote_node_name(spec, node)
-                }
-                .into(),
-            ),
-            ips: ips.into(),
-            host_network: false,
-            deleting: false,
-            created: 0,
-            phase: Some("Running".into()),
-            named_ports: app.ports.clone().into(),
-        });
+            if node == 0 {
+                spec.node.clone()
+            } else {
+                remote_node_name(spec, node)
+            },
+            ips,
+            l,
+        );
+        pod.named_ports = app.ports.clone().into();
+        snap.add_pod(pod);
     }
 
     for p in policies(spec, &nss, &mut rng) {
         snap.add_policy(p);
     }
     snap
-}
-
-fn np(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": { "namespace": ns, "name": name },
-        "spec": spec,
-    }))
-    .expect("synthetic policies are valid NetworkPolicy objects")
 }
 
 fn dns_egress_rule() -> Value {
@@ -415,12 +387,12 @@ fn policies(spec: &SynthSpec, nss: &[Ns], rng: &mut Rng) -> Vec<NetworkPolicy> {
             return out;
         }
         match ns.deny {
-            (true, false) => out.push(np(
+            (true, false) => out.push(mk_policy(
                 &ns.name,
                 "default-deny-ingress",
                 json!({ "podSelector": {}, "policyTypes": ["Ingress"] }),
             )),
-            (_, true) => out.push(np(
+            (_, true) => out.push(mk_policy(
                 &ns.name,
                 "default-deny-all",
                 json!({ "podSelector": {}, "policyTypes": ["Ingress", "Egress"] }),
@@ -432,7 +404,7 @@ fn policies(spec: &SynthSpec, nss: &[Ns], rng: &mut Rng) -> Vec<NetworkPolicy> {
         if out.len() == budget {
             return out;
         }
-        out.push(np(
+        out.push(mk_policy(
             &ns.name,
             "allow-dns",
             json!({
@@ -599,7 +571,7 @@ fn policies(spec: &SynthSpec, nss: &[Ns], rng: &mut Rng) -> Vec<NetworkPolicy> {
                 }),
             ),
         };
-        out.push(np(
+        out.push(mk_policy(
             &ns.name,
             &format!("{name}-{}-{counter}", app.name),
             body,
@@ -784,7 +756,7 @@ pub fn with_policy_added(snap: &Snapshot, spec: &SynthSpec) -> Snapshot {
         .find(|n| !used.contains(n.as_str()))
         .expect("some name is free");
     let mut out = snap.clone();
-    out.add_policy(np(
+    out.add_policy(mk_policy(
         ns,
         &name,
         json!({
@@ -949,109 +921,6 @@ impl ApiObjects {
     }
 }
 
-/// A Namespace object with the snapshot's labels.
-pub fn namespace_object(ns: &NamespaceInfo) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": { "name": ns.name, "labels": ns.labels },
-    })
-}
-
-/// A Pod object that [`PodInfo::from_pod`] trims back to `pod`: labels,
-/// `spec.nodeName`, `hostNetwork`, one container carrying the named ports,
-/// `status.phase`, `podIP` and `podIPs`. It also has what a Deployment's pod
-/// usually carries besides (owner reference, resources, conditions), so that
-/// lists and watch events are about the size of a real pod's (without
-/// managed fields).
-pub fn pod_object(pod: &PodInfo) -> Value {
-    let app = pod.labels.get("app").unwrap_or("main");
-    let hash = pod.labels.get("pod-template-hash").unwrap_or("0");
-    let ports: Vec<Value> = pod
-        .named_ports
-        .iter()
-        .map(|p| json!({ "name": p.name, "containerPort": p.port, "protocol": p.protocol.to_string() }))
-        .collect();
-    let mut container = json!({
-        "name": app,
-        "image": format!("registry.example.com/{app}:1.0.{hash}"),
-        "imagePullPolicy": "IfNotPresent",
-        "resources": {
-            "requests": { "cpu": "100m", "memory": "128Mi" },
-            "limits": { "memory": "256Mi" },
-        },
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "File",
-    });
-    if !ports.is_empty() {
-        container["ports"] = Value::Array(ports);
-    }
-    let mut spec = json!({
-        "containers": [container],
-        "restartPolicy": "Always",
-        "dnsPolicy": "ClusterFirst",
-        "serviceAccountName": "default",
-        "schedulerName": "default-scheduler",
-        "terminationGracePeriodSeconds": 30,
-    });
-    if let Some(node) = &pod.node {
-        spec["nodeName"] = json!(node.as_ref());
-    }
-    if pod.host_network {
-        spec["hostNetwork"] = json!(true);
-    }
-    let mut status = json!({
-        "conditions": [
-            { "type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z" },
-        ],
-        "startTime": "2025-01-01T00:00:00Z",
-        "qosClass": "Burstable",
-    });
-    if let Some(phase) = &pod.phase {
-        status["phase"] = json!(phase.as_ref());
-    }
-    if let Some(first) = pod.ips.first() {
-        status["podIP"] = json!(first.to_string());
-        status["podIPs"] = pod
-            .ips
-            .iter()
-            .map(|ip| json!({ "ip": ip.to_string() }))
-            .collect();
-    }
-    let base = pod
-        .key
-        .name
-        .rsplit_once('-')
-        .map_or(pod.key.name.as_str(), |(head, _)| head);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": pod.key.name,
-            "namespace": &*pod.key.namespace,
-            "labels": &pod.labels,
-            "ownerReferences": [{
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "name": base,
-                "uid": "00000000-0000-4000-8000-000000000000",
-                "controller": true,
-                "blockOwnerDeletion": true,
-            }],
-        },
-        "spec": spec,
-        "status": status,
-    })
-}
-
-/// A NetworkPolicy object (apiVersion and kind set).
-pub fn policy_object(policy: &NetworkPolicy) -> Value {
-    let mut v = serde_json::to_value(policy).expect("policies serialize");
-    v["apiVersion"] = json!("networking.k8s.io/v1");
-    v["kind"] = json!("NetworkPolicy");
-    v
-}
-
 /// Every object of a snapshot, as API objects.
 pub fn api_objects(snap: &Snapshot) -> ApiObjects {
     ApiObjects {
@@ -1184,6 +1053,7 @@ mod tests {
     #[test]
     fn api_objects_trim_back_to_the_snapshot() {
         use k8s_openapi::api::core::v1::{Namespace, Pod};
+        use nftpol::compiler::NamespaceInfo;
         let snap = synth_cluster(&small());
         let objs = api_objects(&snap);
         assert_eq!(objs.len(), 50 + 1000 + 100);

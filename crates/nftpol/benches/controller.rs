@@ -56,13 +56,14 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nftpol::compiler::{Incremental, PodInfo, PolicyObject, Snapshot, compile, policy_key};
 use nftpol::nft::render::Renderer;
 use nftpol::nft::{Netlink, Nft, Syncer, json, netlink, ops, render};
-use nftpol::watch::Delta;
 use nftpol::watch::store::Changes;
+use nftpol::watch::{Delta, NAMESPACES, PODS, POLICIES, SyncStatus};
 use nftpol_lab::devserver::{Config, DevServer, Handle};
+use nftpol_lab::fixtures::{namespace_object, pod_object, policy_object};
 use nftpol_lab::lab::Netns;
+use nftpol_lab::report::{loadavg, median, table};
 use nftpol_lab::synth::{
-    SynthSpec, namespace_object, pod_object, policy_object, synth_cluster, with_local_pod_added,
-    with_pod_relabeled, with_policy_added,
+    SynthSpec, synth_cluster, with_local_pod_added, with_pod_relabeled, with_policy_added,
 };
 use serde_json::{Value, json};
 
@@ -324,15 +325,6 @@ fn main() {
     report.print(quick);
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// `--changes-via` of the controller: `NFTPOL_BENCH_CHANGES_VIA`
 /// (`netlink`, the default, or `nft`).
 fn changes_via() -> String {
@@ -495,7 +487,7 @@ fn load(addr: SocketAddr, snap: &Snapshot) -> usize {
 /// One API write.
 #[derive(Clone, Debug)]
 struct Write_ {
-    /// The kind written (`pods`, `namespaces`, `networkpolicies`): `/status`
+    /// The kind written ([`PODS`], [`NAMESPACES`], [`POLICIES`]): `/status`
     /// reports per kind how far changes are enforced.
     kind: &'static str,
     method: &'static str,
@@ -507,7 +499,7 @@ struct Write_ {
 impl Write_ {
     fn create_pod(p: &PodInfo) -> Self {
         Self {
-            kind: "pods",
+            kind: PODS,
             method: "POST",
             path: format!("/api/v1/namespaces/{}/pods", p.key.namespace),
             content_type: "application/json",
@@ -517,7 +509,7 @@ impl Write_ {
 
     fn create_policy(p: &NetworkPolicy) -> Self {
         Self {
-            kind: "networkpolicies",
+            kind: POLICIES,
             method: "POST",
             path: format!(
                 "/apis/networking.k8s.io/v1/namespaces/{}/networkpolicies",
@@ -572,7 +564,7 @@ fn build_scenarios(snap: &Snapshot, spec: &SynthSpec) -> Vec<Scenario> {
         name: "(a) pod added on node-1",
         write: Write_::create_pod(pod),
         undo: Write_::delete(
-            "pods",
+            PODS,
             format!(
                 "/api/v1/namespaces/{}/pods/{}",
                 pod.key.namespace, pod.key.name
@@ -596,8 +588,8 @@ fn build_scenarios(snap: &Snapshot, spec: &SynthSpec) -> Vec<Scenario> {
     );
     out.push(Scenario {
         name: "(b) node-1 pod relabelled",
-        write: Write_::merge_labels("pods", path.clone(), &new.labels.to_map()),
-        undo: Write_::merge_labels("pods", path, &old.labels.to_map()),
+        write: Write_::merge_labels(PODS, path.clone(), &new.labels.to_map()),
+        undo: Write_::merge_labels(PODS, path, &old.labels.to_map()),
         before: snap.clone(),
         after: relabeled.clone(),
     });
@@ -611,7 +603,7 @@ fn build_scenarios(snap: &Snapshot, spec: &SynthSpec) -> Vec<Scenario> {
         name: "(c) policy added",
         write: Write_::create_policy(policy),
         undo: Write_::delete(
-            "networkpolicies",
+            POLICIES,
             format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}"),
         ),
         before: snap.clone(),
@@ -624,8 +616,8 @@ fn build_scenarios(snap: &Snapshot, spec: &SynthSpec) -> Vec<Scenario> {
     let path = format!("/api/v1/namespaces/{name}");
     out.push(Scenario {
         name: "(d) namespace relabelled",
-        write: Write_::merge_labels("namespaces", path.clone(), &moved.namespaces[&name].labels),
-        undo: Write_::merge_labels("namespaces", path, &snap.namespaces[&name].labels),
+        write: Write_::merge_labels(NAMESPACES, path.clone(), &moved.namespaces[&name].labels),
+        undo: Write_::merge_labels(NAMESPACES, path, &snap.namespaces[&name].labels),
         before: snap.clone(),
         after: moved,
     });
@@ -964,28 +956,6 @@ fn phases(scenarios: &[Scenario], nft: &Nft, mut nl: Netlink, runs: usize) -> Ve
 // ---------------------------------------------------------------------------
 // The controller process.
 
-#[derive(Clone, Debug, Default)]
-struct Status {
-    /// Per kind, when the controller reports it (`synced`).
-    synced: BTreeMap<String, u64>,
-    synced_resource_version: u64,
-    chains: usize,
-    rules: usize,
-    set_elements: usize,
-}
-
-impl Status {
-    /// Whether a write of `kind` at `rv` is enforced: the kind's own
-    /// version when reported (exact: events of one kind arrive in order),
-    /// else `synced_resource_version`.
-    fn enforced(&self, kind: &str, rv: u64) -> bool {
-        match self.synced.get(kind) {
-            Some(v) => *v >= rv,
-            None => self.synced_resource_version >= rv,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 struct Mem {
     rss_kib: u64,
@@ -1083,29 +1053,13 @@ impl Controller {
         self.child.id()
     }
 
-    fn status(&self, http: &mut Http) -> Option<Status> {
+    /// The controller's `/status`, or `None` while it does not answer.
+    fn status(&self, http: &mut Http) -> Option<SyncStatus> {
         let (code, body) = http.request("GET", "/status", None, b"").ok()?;
         if code != 200 {
             return None;
         }
-        let v: Value = serde_json::from_slice(&body).ok()?;
-        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let synced = v
-            .get("synced")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(Status {
-            synced,
-            synced_resource_version: n("synced_resource_version"),
-            chains: n("chains") as usize,
-            rules: n("rules") as usize,
-            set_elements: n("set_elements") as usize,
-        })
+        serde_json::from_slice(&body).ok()
     }
 
     fn wait_synced(&self, rv: u64, timeout: Duration) {
@@ -1712,12 +1666,6 @@ fn profile(what: &str) {
 // ---------------------------------------------------------------------------
 // Statistics and output.
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    assert!(!v.is_empty());
-    v.sort();
-    v[(v.len() - 1) / 2]
-}
-
 fn median_of(n: usize, mut f: impl FnMut()) -> Duration {
     median(
         (0..n)
@@ -1777,34 +1725,6 @@ struct Report {
     scenarios: Vec<ScenarioResult>,
     phases: Vec<Phases>,
     big: Option<Big>,
-}
-
-fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([head[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |out: &mut String, cells: &[String]| {
-        out.push('|');
-        for (c, w) in cells.iter().zip(&widths) {
-            let _ = write!(out, " {c:<w$} |");
-        }
-        out.push('\n');
-    };
-    line(out, &head.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    out.push('|');
-    for w in &widths {
-        let _ = write!(out, "{}|", "-".repeat(w + 2));
-    }
-    out.push('\n');
-    for r in rows {
-        line(out, r);
-    }
 }
 
 impl Report {

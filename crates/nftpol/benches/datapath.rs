@@ -61,7 +61,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nftpol::compiler::{
     AddrSetKind, Direction, ObjectKey, Plan, PodInfo, PolicyId, PortMatch, Protocol, Snapshot,
     compile,
@@ -69,7 +68,9 @@ use nftpol::compiler::{
 use nftpol::nft::guard::GuardSyncer;
 use nftpol::nft::{Ruleset, Syncer, render};
 use nftpol::watch::guard::PortGuard;
+use nftpol_lab::fixtures::mk_policy;
 use nftpol_lab::lab::{DEFAULT_TIMEOUT, Netns, Node, NodeConfig, Pod, Probe, probe_all};
+use nftpol_lab::report::{self, loadavg, table};
 use nftpol_lab::synth::{SynthSpec, synth_cluster};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
@@ -493,16 +494,6 @@ impl Pair {
     }
 }
 
-fn np(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": { "namespace": ns, "name": name },
-        "spec": spec,
-    }))
-    .expect("bench policies are valid NetworkPolicy objects")
-}
-
 const TEAMS: [&str; 6] = [
     "payments", "search", "identity", "catalog", "checkout", "data",
 ];
@@ -600,7 +591,7 @@ fn add_policies(snap: &Snapshot, pair: &Pair, per_pod: usize) -> Snapshot {
                 }] }),
             ),
         };
-        out.add_policy(np(sns, &format!("extra-{i:02}-{kind}"), body));
+        out.add_policy(mk_policy(sns, &format!("extra-{i:02}-{kind}"), body));
 
         let (kind, body) = match i % 6 {
             0 => (
@@ -652,11 +643,11 @@ fn add_policies(snap: &Snapshot, pair: &Pair, per_pod: usize) -> Snapshot {
                 }] }),
             ),
         };
-        out.add_policy(np(cns, &format!("extra-{i:02}-{kind}"), body));
+        out.add_policy(mk_policy(cns, &format!("extra-{i:02}-{kind}"), body));
     }
     // The allowing pair, last in policy order ("probe-" sorts after
     // "allow-", "default-" and "extra-").
-    out.add_policy(np(
+    out.add_policy(mk_policy(
         sns,
         "probe-allow-client",
         json!({ "podSelector": server_sel, "ingress": [{
@@ -667,7 +658,7 @@ fn add_policies(snap: &Snapshot, pair: &Pair, per_pod: usize) -> Snapshot {
             "ports": [{ "port": "http" }, { "protocol": "TCP", "port": IPERF_PORT }],
         }] }),
     ));
-    out.add_policy(np(
+    out.add_policy(mk_policy(
         cns,
         "probe-allow-to-server",
         json!({ "podSelector": client_sel, "policyTypes": ["Egress"], "egress": [{
@@ -1284,44 +1275,8 @@ fn target(ratio: f64, want: f64) -> String {
     format!(" {v} (≥ {want})")
 }
 
-fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([head[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
-        out.push('|');
-        for (c, w) in cells.zip(&widths) {
-            let pad = w - c.chars().count();
-            let _ = write!(out, " {c}{} |", " ".repeat(pad));
-        }
-        out.push('\n');
-    };
-    line(out, &mut head.iter().copied());
-    out.push('|');
-    for w in &widths {
-        let _ = write!(out, "{}|", "-".repeat(w + 2));
-    }
-    out.push('\n');
-    for r in rows {
-        line(out, &mut r.iter().map(String::as_str));
-    }
-}
-
-/// Cores, kernel and nft version.
+/// Cores, kernel, nft and iperf3 versions.
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let nft = Command::new("nft")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "nft not found".into());
     let iperf = Command::new("iperf3")
         .arg("--version")
         .output()
@@ -1333,11 +1288,5 @@ fn machine() -> String {
                 .to_string()
         })
         .unwrap_or_default();
-    format!("{cores} cores, kernel {}, {nft}, {iperf}", kernel.trim())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+    format!("{}, {iperf}", report::machine())
 }

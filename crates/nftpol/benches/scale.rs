@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use nftpol::compiler::{Snapshot, compile, parse_policies};
 use nftpol::nft::{Netlink, Nft, Ruleset, Stats, Syncer, json, netlink, ops, render, to_text};
 use nftpol_lab::lab::Netns;
+use nftpol_lab::report::{loadavg, machine, median, table};
 use nftpol_lab::synth::{
     SynthSpec, synth_cluster, with_local_pod_added, with_namespace_relabeled_for_node,
     with_pod_relabeled_for_node, with_policy_added, with_remote_pod_added,
@@ -320,12 +321,6 @@ struct Incr {
     /// The same batch over netlink alone, when it only updates elements.
     netlink: Option<Duration>,
     commands: usize,
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    assert!(!v.is_empty());
-    v.sort();
-    v[(v.len() - 1) / 2]
 }
 
 /// How long this thread has waited for a CPU so far (second field of
@@ -664,36 +659,6 @@ fn verdict(d: Duration, target: Duration) -> String {
     format!("{} {v} (≤ {} ms)", ms(d), target.as_millis())
 }
 
-/// A Markdown table with aligned columns.
-fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([head[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
-        out.push('|');
-        for (c, w) in cells.zip(&widths) {
-            let pad = w - c.chars().count();
-            let _ = write!(out, " {c}{} |", " ".repeat(pad));
-        }
-        out.push('\n');
-    };
-    line(out, &mut head.iter().copied());
-    out.push('|');
-    for w in &widths {
-        let _ = write!(out, "{}|", "-".repeat(w + 2));
-    }
-    out.push('\n');
-    for r in rows {
-        line(out, &mut r.iter().map(String::as_str));
-    }
-}
-
 fn print_size(out: &mut String, c: &Col, skipped: Option<&String>) {
     let r = c.reps;
     let _ = writeln!(
@@ -892,23 +857,4 @@ fn kernel_access() -> Result<(), String> {
         Some(why) if why == "not root" => Err("needs root".into()),
         Some(why) => Err(why),
     }
-}
-
-/// Cores, kernel and nft version.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let nft = Command::new("nft")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "nft not found".into());
-    format!("{cores} cores, kernel {}, {nft}", kernel.trim())
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::lab_ready;
+use common::{PodExt, lab_ready, mk_pod, mk_policy, pod_object};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod as ApiPod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -79,37 +79,26 @@ fn rv_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u
         .expect("a write returns a numeric resourceVersion")
 }
 
-fn pod_object(name: &str, labels: &Value, ip: Option<Ipv4Addr>) -> ApiPod {
-    let mut v = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name, "namespace": NS, "labels": labels },
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{ "name": "main", "image": "busybox",
-                "ports": [{ "name": "http", "containerPort": 80 }, { "name": "alt", "containerPort": 81 }] }],
-        },
-    });
-    if let Some(ip) = ip {
-        v["status"] = json!({ "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] });
-    }
-    serde_json::from_value(v).expect("a valid Pod")
-}
-
-fn policy(name: &str, spec: Value) -> NetworkPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": { "name": name, "namespace": NS },
-        "spec": spec,
-    }))
-    .expect("a valid NetworkPolicy")
+/// The Pod object of a pod on the node serving [`PORTS`] by name (`http`,
+/// `alt`): running at `ip`, or, without one, scheduled and not started.
+fn api_pod(name: &str, labels: &[(&str, &str)], ip: Option<Ipv4Addr>) -> ApiPod {
+    let pod = |ip: Ipv4Addr| {
+        mk_pod(NS, name, NODE, &ip.to_string(), labels)
+            .named_port("http", Protocol::Tcp, PORTS[0].port)
+            .named_port("alt", Protocol::Tcp, PORTS[1].port)
+    };
+    let pod = match ip {
+        Some(ip) => pod(ip),
+        None => pod(Ipv4Addr::UNSPECIFIED).no_ip().phase("Pending"),
+    };
+    serde_json::from_value(pod_object(&pod)).expect("a valid Pod")
 }
 
 /// Pods labelled `app: target` accept only pods labelled `role: friend`, on
 /// the named port `http`.
 fn friends_only(target: &str) -> NetworkPolicy {
-    policy(
+    mk_policy(
+        NS,
         &format!("{target}-friends-only"),
         json!({
             "podSelector": { "matchLabels": { "app": target } },
@@ -219,7 +208,7 @@ impl Cluster {
 
     /// A lab pod `name` on the node (host number `host`) serving [`PORTS`],
     /// and its Pod object with its IP. Returns the write's resourceVersion.
-    fn pod(&mut self, name: &str, host: u8, labels: Value) -> u64 {
+    fn pod(&mut self, name: &str, host: u8, labels: &[(&str, &str)]) -> u64 {
         let ip = self.lab_pod_only(name, host);
         self.create_pod_object(name, labels, Some(ip))
     }
@@ -233,9 +222,9 @@ impl Cluster {
         ip
     }
 
-    fn create_pod_object(&self, name: &str, labels: Value, ip: Option<Ipv4Addr>) -> u64 {
+    fn create_pod_object(&self, name: &str, labels: &[(&str, &str)], ip: Option<Ipv4Addr>) -> u64 {
         let api = self.pods_api();
-        let obj = pod_object(name, &labels, ip);
+        let obj = api_pod(name, labels, ip);
         let created = self
             .rt
             .block_on(api.create(&PostParams::default(), &obj))
@@ -373,9 +362,9 @@ fn friends_cluster() -> Cluster {
 }
 
 fn friends_cluster_with(mut c: Cluster) -> Cluster {
-    c.pod("a", 10, json!({ "app": "a" }));
-    c.pod("b", 11, json!({ "app": "b" }));
-    let rv = c.pod("c", 12, json!({ "app": "c", "role": "friend" }));
+    c.pod("a", 10, &[("app", "a")]);
+    c.pod("b", 11, &[("app", "b")]);
+    let rv = c.pod("c", 12, &[("app", "c"), ("role", "friend")]);
     c.enforced(rv);
     c.expect("a", "b", HTTP, true, "before any policy");
     let rv = c.create_policy(&friends_only("b"));
@@ -434,9 +423,9 @@ fn kubectl_apply_deny_then_relabel_then_delete_is_enforced() {
         return;
     }
     let mut c = Cluster::new();
-    c.pod("a", 10, json!({ "app": "a" }));
-    c.pod("b", 11, json!({ "app": "b" }));
-    let rv = c.pod("c", 12, json!({ "app": "c", "role": "friend" }));
+    c.pod("a", 10, &[("app", "a")]);
+    c.pod("b", 11, &[("app", "b")]);
+    let rv = c.pod("c", 12, &[("app", "c"), ("role", "friend")]);
     c.enforced(rv);
 
     let file = TempPath::new("policy.yaml");
@@ -521,7 +510,7 @@ fn a_new_pod_is_enforced_once_its_ip_is_in_its_status() {
     }
     let mut c = friends_cluster();
     // The Pod object first, without an address (scheduled, not started).
-    let rv = c.create_pod_object("new", json!({ "app": "b" }), None);
+    let rv = c.create_pod_object("new", &[("app", "b")], None);
     c.enforced(rv);
     // Then the sandbox: the kernel has the pod, the API does not know its IP.
     let ip = c.lab_pod_only("new", 20);
@@ -805,8 +794,7 @@ fn a_burst_of_1000_pod_events_is_coalesced_into_few_syncs() {
                 let api = api.clone();
                 async move {
                     let ip = Ipv4Addr::new(10, 244, 2 + (i / 250) as u8, 1 + (i % 250) as u8);
-                    let mut pod =
-                        pod_object(&format!("peer-{i}"), &json!({ "role": "friend" }), Some(ip));
+                    let mut pod = api_pod(&format!("peer-{i}"), &[("role", "friend")], Some(ip));
                     pod.spec.as_mut().unwrap().node_name = Some("node-2".into());
                     api.create(&PostParams::default(), &pod)
                         .await
@@ -942,7 +930,8 @@ fn synced_resource_version_covers_every_watch() {
         return;
     }
     let mut c = friends_cluster();
-    let isolate_a = policy(
+    let isolate_a = mk_policy(
+        NS,
         "a-isolated",
         json!({ "podSelector": { "matchLabels": { "app": "a" } } }),
     );
@@ -1075,7 +1064,8 @@ fn a_broken_nft_degrades_enforcement_but_changes_still_reach_the_kernel() {
     let rv = c.label_pod("a", json!({ "role": "friend" }));
     c.enforced(rv);
     c.expect("a", "b", HTTP, true, "a became a friend, nft broken");
-    let rv = c.create_policy(&policy(
+    let rv = c.create_policy(&mk_policy(
+        NS,
         "a-isolated",
         json!({ "podSelector": { "matchLabels": { "app": "a" } } }),
     ));
@@ -1175,9 +1165,9 @@ fn the_flows_of_a_deleted_pod_are_deleted_from_conntrack() {
         return;
     }
     let mut c = Cluster::new();
-    c.pod("a", 10, json!({ "app": "a" }));
-    c.pod("b", 11, json!({ "app": "b" }));
-    let rv = c.pod("gone", 12, json!({ "app": "gone" }));
+    c.pod("a", 10, &[("app", "a")]);
+    c.pod("b", 11, &[("app", "b")]);
+    let rv = c.pod("gone", 12, &[("app", "gone")]);
     c.enforced(rv);
     let dns = Port::udp(53);
     for pod in ["b", "gone"] {
@@ -1230,7 +1220,8 @@ fn a_reused_address_gets_the_rules_of_its_newest_pod_and_goes_back_when_it_leave
     // the address.
     let c = friends_cluster();
     c.expect("a", "c", HTTP, true, "before the address is reused");
-    let rv = c.create_policy(&policy(
+    let rv = c.create_policy(&mk_policy(
+        NS,
         "impostor-deny-all",
         json!({ "podSelector": { "matchLabels": { "app": "impostor" } } }),
     ));
@@ -1238,7 +1229,7 @@ fn a_reused_address_gets_the_rules_of_its_newest_pod_and_goes_back_when_it_leave
     let reused = c.lab_pod("c").ipv4();
     // Creation timestamps have whole seconds: make the new pod newer.
     std::thread::sleep(Duration::from_millis(1100));
-    let rv = c.create_pod_object("impostor", json!({ "app": "impostor" }), Some(reused));
+    let rv = c.create_pod_object("impostor", &[("app", "impostor")], Some(reused));
     c.enforced(rv);
     c.expect(
         "a",

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Pod as ApiPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use nftpol::watch::{NAMESPACES, PODS, POLICIES};
 use serde_json::Value;
 
 use crate::lab::{Cluster, ClusterSpec, DEFAULT_TIMEOUT, Nftpol, Port};
@@ -211,17 +212,17 @@ impl Runner<'_> {
             let api: Api<NetworkPolicy> = Api::namespaced(c.client(), &ns);
             c.block_on(api.delete(&name, &DeleteParams::default()))
                 .map_err(|e| api_err(&format!("deleting {ns}/{name}"), e))?;
-            note(&mut written, "networkpolicies", c.resource_version());
+            note(&mut written, POLICIES, c.resource_version());
         }
         for ns in model::NAMESPACES {
             if let Some(rv) = self.set_namespace_labels(ns, &model::namespace_labels(ns), true)? {
-                note(&mut written, "namespaces", rv);
+                note(&mut written, NAMESPACES, rv);
             }
         }
         for key in &self.pods {
             let pod = key.split_once('/').map(|(_, p)| p).unwrap_or_default();
             if let Some(rv) = self.set_pod_labels(key, &model::pod_labels(pod), true)? {
-                note(&mut written, "pods", rv);
+                note(&mut written, PODS, rv);
             }
         }
         self.enforced(&written)
@@ -235,12 +236,12 @@ impl Runner<'_> {
             let mut labels = labels.clone();
             labels.insert(model::NAMESPACE_NAME_LABEL.into(), ns.clone());
             if let Some(rv) = self.set_namespace_labels(ns, &labels, false)? {
-                note(&mut written, "namespaces", rv);
+                note(&mut written, NAMESPACES, rv);
             }
         }
         for (key, labels) in &step.label_pods {
             if let Some(rv) = self.set_pod_labels(key, labels, false)? {
-                note(&mut written, "pods", rv);
+                note(&mut written, PODS, rv);
             }
         }
         for key in &step.delete {
@@ -248,11 +249,11 @@ impl Runner<'_> {
             let api: Api<NetworkPolicy> = Api::namespaced(c.client(), ns);
             c.block_on(api.delete(name, &DeleteParams::default()))
                 .map_err(|e| format!("deleting policy {key}: {e}"))?;
-            note(&mut written, "networkpolicies", c.resource_version());
+            note(&mut written, POLICIES, c.resource_version());
         }
         for obj in &step.apply {
             let rv = self.apply_policy(obj)?;
-            note(&mut written, "networkpolicies", rv);
+            note(&mut written, POLICIES, rv);
         }
         Ok(written)
     }

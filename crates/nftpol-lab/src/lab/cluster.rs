@@ -36,13 +36,14 @@ use super::{
 };
 use crate::devserver::{self, DevServer, Handle};
 use nftpol::compiler::Protocol;
+use nftpol::watch::{NAMESPACES, PODS, POLICIES};
 
 /// Flannel's default cluster network; node N gets 10.244.N.0/24.
 pub const CLUSTER_CIDR: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 244, 0, 0), 16);
 /// The MTU Flannel's VXLAN backend gives pods (1500 less the VXLAN header).
 pub const VXLAN_MTU: u32 = 1450;
 /// The kinds whose changes the controllers report per kind in `/status`.
-pub const KINDS: [&str; 3] = ["pods", "namespaces", "networkpolicies"];
+pub const KINDS: [&str; 3] = [PODS, NAMESPACES, POLICIES];
 
 /// Whether each ordered pair of pods (`ns/name`, `ns/name`) connected.
 pub type Reachability = BTreeMap<(String, String), bool>;

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use nftpol::watch::SyncStatus;
 
 use super::http::{HttpResponse, http_get_in};
 use super::{LabError, Node};
@@ -113,30 +113,6 @@ impl ControllerConfig {
             extra_args: Vec::new(),
         }
     }
-}
-
-/// What the controller's `/status` says (see `nftpol::watch::SyncStatus`).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct ControllerStatus {
-    /// Every API change of any kind up to this resourceVersion is enforced.
-    pub synced_resource_version: u64,
-    /// Per kind (pods, namespaces, networkpolicies): every change of that
-    /// kind up to this resourceVersion is enforced.
-    #[serde(default)]
-    pub synced: std::collections::BTreeMap<String, u64>,
-    pub syncs: u64,
-    pub full_syncs: u64,
-    pub failed_syncs: u64,
-    pub last_error: Option<String>,
-    /// Why enforcement is degraded (a wanted full replacement keeps failing).
-    pub degraded: Option<String>,
-    /// The last check of the node's settings.
-    pub node: nftpol::watch::node::NodeCheck,
-    pub chains: usize,
-    pub rules: usize,
-    pub set_elements: usize,
-    pub ready: bool,
 }
 
 /// A running `nftpol run` in a node's namespace.
@@ -270,7 +246,7 @@ impl Controller {
     }
 
     /// The parsed `/status`.
-    pub fn status(&self) -> Result<ControllerStatus, LabError> {
+    pub fn status(&self) -> Result<SyncStatus, LabError> {
         let r = self.get("/status")?;
         if r.status != 200 {
             return Err(LabError::Unsupported(format!(
@@ -299,7 +275,7 @@ impl Controller {
     /// Polls `/status` until every change up to resourceVersion `rv` is
     /// enforced (`synced_resource_version >= rv`). The error names the
     /// last status (or why it could not be read) and ends with the log.
-    pub fn wait_synced(&self, rv: u64, timeout: Duration) -> Result<ControllerStatus, String> {
+    pub fn wait_synced(&self, rv: u64, timeout: Duration) -> Result<SyncStatus, String> {
         self.poll(timeout, |st| st.synced_resource_version >= rv)
             .map_err(|last| {
                 format!(
@@ -345,8 +321,8 @@ impl Controller {
     pub fn poll(
         &self,
         timeout: Duration,
-        mut done: impl FnMut(&ControllerStatus) -> bool,
-    ) -> Result<ControllerStatus, String> {
+        mut done: impl FnMut(&SyncStatus) -> bool,
+    ) -> Result<SyncStatus, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.status() {

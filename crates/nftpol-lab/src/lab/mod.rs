@@ -48,7 +48,7 @@ use std::process::Command;
 pub use cluster::{
     CLUSTER_CIDR, Cluster, ClusterError, ClusterSpec, KINDS, Reachability, VXLAN_MTU, object_key,
 };
-pub use controller::{Controller, ControllerConfig, ControllerStatus, Nftpol};
+pub use controller::{Controller, ControllerConfig, Nftpol};
 pub use flannel::flannel_vxlan_mesh;
 pub use http::{HttpResponse, http_get};
 pub use lan::{LAN_BRIDGE, Lan, NODE_LAN_IFACE};

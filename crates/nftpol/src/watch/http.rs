@@ -50,7 +50,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
-    let mut body = serde_json::to_value(shared.status()).expect("status serializes");
-    body["ready"] = serde_json::Value::Bool(shared.readiness().is_ok());
+    let mut status = shared.status();
+    status.ready = shared.readiness().is_ok();
+    // Through a JSON value, whose keys come out sorted, as always served.
+    let body = serde_json::to_value(status).expect("status serializes");
     axum::Json(body).into_response()
 }

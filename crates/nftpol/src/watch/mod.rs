@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod node;
 pub mod ports;
 mod reconcile;
+pub mod status;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -50,7 +51,7 @@ use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, PolicyObje
 use crate::nft::{Netlink, Nft, Syncer};
 use store::{Changes, MapKey, PodKey, Store, Trim, parse_rv};
 
-pub use reconcile::SyncStatus;
+pub use status::SyncStatus;
 
 /// Settings of `nftpol run`.
 #[derive(Clone, Debug)]
@@ -83,6 +84,8 @@ pub struct NetlinkAt {
 /// Objects per page when listing.
 const LIST_PAGE: u32 = 500;
 
+/// The kinds nftpol watches, by their resource names: the keys of
+/// `synced` in `/status` and the `kind` of the watch logs.
 pub const PODS: &str = "pods";
 pub const NAMESPACES: &str = "namespaces";
 pub const POLICIES: &str = "networkpolicies";
@@ -508,19 +511,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     tokio::spawn(feed(
         Api::<Pod>::all(client.clone()),
-        "pods",
+        PODS,
         shared.clone(),
         |s| &s.stores.pods,
     ));
     tokio::spawn(feed(
         Api::<Namespace>::all(client.clone()),
-        "namespaces",
+        NAMESPACES,
         shared.clone(),
         |s| &s.stores.namespaces,
     ));
     tokio::spawn(feed(
         Api::<NetworkPolicy>::all(client.clone()),
-        "networkpolicies",
+        POLICIES,
         shared.clone(),
         |s| &s.stores.policies,
     ));

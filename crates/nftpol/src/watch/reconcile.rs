@@ -11,64 +11,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
-use super::flows::{StaleFlows, address_owners, changed_hands};
+use super::flows::{Forgotten, StaleFlows, address_owners, changed_hands};
 use super::guard::{GuardReport, PortGuard};
 use super::metrics::{SyncKind, SyncLabels};
-use super::{RunConfig, Shared};
-use crate::compiler::{Diagnostic, Incremental, ObjectKey, Severity};
-use crate::nft::{self, Syncer, retry_delay};
-
-/// What `/status` reports: the signal tests and tools wait on.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SyncStatus {
-    /// Per kind (pods, namespaces, networkpolicies): every change of that
-    /// kind up to this resourceVersion is enforced. Events of one kind
-    /// arrive in order, so after a write of kind K at version R, waiting
-    /// for `synced[K] >= R` is exact.
-    pub synced: BTreeMap<&'static str, u64>,
-    /// The minimum over the kinds: every change of any kind up to it is
-    /// enforced (idle kinds advance with bookmarks).
-    pub synced_resource_version: u64,
-    /// A sync is being applied.
-    #[serde(skip)]
-    pub in_flight: bool,
-    /// Successful syncs so far.
-    pub syncs: u64,
-    pub full_syncs: u64,
-    pub failed_syncs: u64,
-    /// The error of the last sync, when it failed.
-    pub last_error: Option<String>,
-    /// Why enforcement is degraded: a wanted full replacement of the table
-    /// (periodic resync, or after a failed diff) keeps failing. Changes
-    /// are still enforced, as diffs; drift is not repaired.
-    pub degraded: Option<String>,
-    /// The last check of the node's settings (see `watch::node`; filled
-    /// in when read).
-    pub node: super::node::NodeCheck,
-    /// Ports of the pod bridges the port guard holds.
-    pub guarded_ports: usize,
-    /// Local pod addresses no port carries yet.
-    pub unbound_addresses: usize,
-    /// Size of the applied table.
-    pub chains: usize,
-    pub rules: usize,
-    pub set_elements: usize,
-}
-
-impl SyncStatus {
-    pub(super) fn advance(&mut self, versions: &BTreeMap<&'static str, u64>) {
-        for (kind, rv) in versions {
-            let e = self.synced.entry(kind).or_default();
-            *e = (*e).max(*rv);
-        }
-        self.synced_resource_version = self.synced.values().copied().min().unwrap_or(0);
-    }
-}
+use super::{Delta, RunConfig, Shared};
+use crate::compiler::{Compiled, Diagnostic, Incremental, ObjectKey, Severity};
+use crate::conntrack::ConntrackError;
+use crate::nft::{self, NftError, SyncReport, Syncer, retry_delay};
 
 pub async fn run(
     cfg: RunConfig,
@@ -78,18 +31,13 @@ pub async fn run(
     recorder: Option<Recorder>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut syncer = Some(syncer);
-    let mut stale_flows = stale_flows;
-    let mut compiler: Option<Incremental> = None;
-    // Reuses the allow-lists of pods whose inputs did not change.
-    let mut renderer = Some(nft::render::Renderer::default());
     let mut next_resync = Instant::now() + cfg.resync_period;
     let mut last_start: Option<Instant> = None;
     let mut failures: u32 = 0;
     let mut retry_at: Option<Instant> = None;
     let mut reported: HashSet<(String, i64)> = HashSet::new();
     let mut logged_sync_wait = false;
-    let mut guard = if cfg.pod_bridges.is_empty() {
+    let guard = if cfg.pod_bridges.is_empty() {
         warn!("no pod bridges (--pod-bridges): no port guard; a pod can forge another's address");
         None
     } else {
@@ -100,6 +48,13 @@ pub async fn run(
             cfg.nft.clone(),
             &cfg.table,
         ))
+    };
+    let mut pipeline = Pipeline {
+        compiler: None,
+        renderer: nft::render::Renderer::default(),
+        syncer,
+        guard,
+        stale_flows,
     };
     // Local pod addresses no port carries yet: looked for again, backing
     // off, by the guard alone (no compilation).
@@ -112,14 +67,14 @@ pub async fn run(
             _ = sleep_until(next_resync.into()) => full = true,
             _ = async { match retry_at { Some(t) => sleep_until(t.into()).await, None => std::future::pending().await } } => {}
             _ = async { match unbound.retry_at { Some(t) => sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                if let Some(mut g) = guard.take() {
-                    let (g, report) = tokio::task::spawn_blocking(move || {
-                        let report = g.retry();
-                        (g, report)
+                if let Some(mut port_guard) = pipeline.guard.take() {
+                    let (port_guard, report) = tokio::task::spawn_blocking(move || {
+                        let report = port_guard.retry();
+                        (port_guard, report)
                     })
                     .await
                     .expect("the guard does not panic");
-                    guard = Some(g);
+                    pipeline.guard = Some(port_guard);
                     unbound.record(&shared, report);
                 }
                 continue;
@@ -160,87 +115,47 @@ pub async fn run(
         // Versions before contents: what the compiler gets is at least this new.
         let versions = shared.stores.resource_versions();
         let mut delta = shared.stores.take_changes();
-        if full || compiler.is_none() || !delta.is_partial() {
+        if full || pipeline.compiler.is_none() || !delta.is_partial() {
             // From scratch: no drift outlives a full resync.
             shared.stores.mark_all_changed();
             delta = shared.stores.take_changes();
         }
         let node = cfg.node_name.clone();
         let table = cfg.table.clone();
-        let mut s = syncer.take().expect("syncer is put back after each sync");
         if full {
-            s.force_full();
+            pipeline.syncer.force_full();
         }
-        let c = compiler.take();
-        let mut flows = stale_flows.take();
-        let mut r = renderer
-            .take()
-            .expect("the renderer is put back after each sync");
-        let mut g = guard.take();
         // Compile and apply off the async threads: nft is a blocking exec.
-        let (s, c, r, g, guarded, flows, compiled, result, forgotten) =
-            tokio::task::spawn_blocking(move || {
-                // Whose addresses are whose: a rebuilt compiler is compared
-                // with the one it replaces; a kept one knows what moved.
-                let before = match &c {
-                    Some(old) if !delta.is_partial() => Some(address_owners(old)),
-                    _ => None,
-                };
-                let first = c.is_none();
-                let mut c = delta.apply(c, &node);
-                let compiled = c.compile();
-                let moved = c.take_moved_addresses();
-                let moved = match before {
-                    Some(before) => changed_hands(&before, &address_owners(&c)),
-                    None if first => BTreeSet::new(),
-                    None => moved,
-                };
-                // Ports first: a pod that just got its address can send once
-                // both tables have it.
-                let guarded = g.as_mut().map(|g| g.sync(&compiled.plan, full));
-                let rs = r.render(&compiled.plan, &table);
-                // On a thread of its own: the batch document of a full sync is
-                // large and short-lived (~70 MiB for 180k set elements), and
-                // glibc gives back an arena that holds only freed memory, while
-                // the pool thread's arena, which also holds the long-lived
-                // compiler and ruleset, would keep it (100k pods: 205 MiB RSS
-                // after the first sync instead of 137 MiB).
-                let result = std::thread::scope(|scope| {
-                    let sync = scope.spawn(|| s.sync(rs));
-                    sync.join().expect("the sync thread does not panic")
-                });
-                // Flows of addresses that changed hands go once the rules of
-                // their new owner (or none) are in place.
-                let forgotten = match (&result, flows.as_mut()) {
-                    (Ok(_), Some(f)) => Some(f.after_sync(moved)),
-                    _ => None,
-                };
-                (s, c, r, g, guarded, flows, compiled, result, forgotten)
-            })
-            .await
-            .expect("sync task does not panic");
+        let (returned, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = pipeline.run(delta, &node, &table, full);
+            (pipeline, outcome)
+        })
+        .await
+        .expect("sync task does not panic");
+        pipeline = returned;
+        let Outcome {
+            compiled,
+            guarded,
+            result,
+            forgotten,
+        } = outcome;
         // A full replacement that keeps failing is retried with backoff,
         // also when nothing changes.
-        let full_failing = s.full_failing().map(str::to_string);
-        retry_at = s.full_retry_at();
+        let full_failing = pipeline.syncer.full_failing().map(str::to_string);
+        retry_at = pipeline.syncer.full_retry_at();
         let full_retry_at = retry_at;
-        syncer = Some(s);
-        compiler = Some(c);
-        renderer = Some(r);
-        guard = g;
-        stale_flows = flows;
         if let Some(report) = guarded {
             unbound.record(&shared, report);
         }
         match forgotten {
-            Some(Ok(f)) if f.addresses > 0 => {
+            Some(Ok(deleted)) if deleted.addresses > 0 => {
                 shared
                     .metrics
                     .conntrack_entries_deleted
-                    .inc_by(f.entries as u64);
+                    .inc_by(deleted.entries as u64);
                 info!(
-                    addresses = f.addresses,
-                    entries = f.entries,
+                    addresses = deleted.addresses,
+                    entries = deleted.entries,
                     "deleted the conntrack entries of pod addresses that changed owner or were released"
                 );
             }
@@ -256,19 +171,21 @@ pub async fn run(
             recorder.as_ref(),
             &mut reported,
         );
-        for w in &compiled.warnings {
-            warn!("{w}");
+        for warning in &compiled.warnings {
+            warn!("{warning}");
         }
         let isolated: HashSet<&ObjectKey> = compiled.plan.pods.iter().map(|p| &p.pod).collect();
-        let m = &shared.metrics;
-        m.isolated_local_pods.set(isolated.len() as i64);
+        let metrics = &shared.metrics;
+        metrics.isolated_local_pods.set(isolated.len() as i64);
         let invalid: HashSet<&ObjectKey> = compiled.diagnostics.iter().map(|d| &d.policy).collect();
-        m.invalid_policies.set(invalid.len() as i64);
+        metrics.invalid_policies.set(invalid.len() as i64);
 
-        m.enforcement_degraded.set(full_failing.is_some() as i64);
+        metrics
+            .enforcement_degraded
+            .set(full_failing.is_some() as i64);
         {
-            let mut st = shared.status.lock().expect("lock");
-            match (&st.degraded, &full_failing) {
+            let mut status = shared.status.lock().expect("lock");
+            match (&status.degraded, &full_failing) {
                 (Some(_), None) => {
                     info!("the table was replaced in full again: enforcement is no longer degraded")
                 }
@@ -277,7 +194,7 @@ pub async fn run(
                 }
                 _ => {}
             }
-            st.degraded = full_failing;
+            status.degraded = full_failing;
         }
 
         match result {
@@ -292,31 +209,35 @@ pub async fn run(
                     SyncKind::Partial
                 };
                 let elapsed = started.elapsed();
-                m.sync_duration
+                metrics
+                    .sync_duration
                     .get_or_create(&SyncLabels { kind: kind.clone() })
                     .observe(elapsed.as_secs_f64());
-                m.syncs.get_or_create(&SyncLabels { kind }).inc();
+                metrics.syncs.get_or_create(&SyncLabels { kind }).inc();
                 if let Some(since) = pending {
-                    m.change_to_enforced.observe(since.elapsed().as_secs_f64());
+                    metrics
+                        .change_to_enforced
+                        .observe(since.elapsed().as_secs_f64());
                 }
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
-                m.last_successful_sync.set(now.as_secs_f64());
-                m.chains.set(report.stats.chains as i64);
-                m.rules.set(report.stats.rules as i64);
-                m.set_elements
+                metrics.last_successful_sync.set(now.as_secs_f64());
+                metrics.chains.set(report.stats.chains as i64);
+                metrics.rules.set(report.stats.rules as i64);
+                metrics
+                    .set_elements
                     .set((report.stats.set_elements + report.stats.map_elements) as i64);
-                let mut st = shared.status.lock().expect("lock");
-                st.in_flight = false;
-                st.advance(&versions);
-                st.syncs += 1;
-                st.full_syncs += report.full as u64;
-                st.last_error = None;
-                st.chains = report.stats.chains;
-                st.rules = report.stats.rules;
-                st.set_elements = report.stats.set_elements + report.stats.map_elements;
-                drop(st);
+                let mut status = shared.status.lock().expect("lock");
+                status.in_flight = false;
+                status.advance(&versions);
+                status.syncs += 1;
+                status.full_syncs += report.full as u64;
+                status.last_error = None;
+                status.chains = report.stats.chains;
+                status.rules = report.stats.rules;
+                status.set_elements = report.stats.set_elements + report.stats.map_elements;
+                drop(status);
                 if report.full {
                     info!(
                         chains = report.stats.chains,
@@ -340,12 +261,12 @@ pub async fn run(
                 failures += 1;
                 let delay = retry_delay(failures);
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "sync failed; the kernel keeps its previous rules; the next sync replaces the whole table");
-                m.failed_syncs.inc();
-                let mut st = shared.status.lock().expect("lock");
-                st.in_flight = false;
-                st.failed_syncs += 1;
-                st.last_error = Some(e.to_string());
-                drop(st);
+                metrics.failed_syncs.inc();
+                let mut status = shared.status.lock().expect("lock");
+                status.in_flight = false;
+                status.failed_syncs += 1;
+                status.last_error = Some(e.to_string());
+                drop(status);
                 // The changes of this batch are still pending.
                 shared
                     .pending_since
@@ -355,6 +276,86 @@ pub async fn run(
                 let next = Instant::now() + delay;
                 retry_at = Some(retry_at.map_or(next, |t| t.min(next)));
             }
+        }
+    }
+}
+
+/// What a sync runs through: changes → compiler → plan → port guard,
+/// renderer → syncer, then the flows of addresses that changed hands.
+/// Owned by the reconcile loop, moved into each sync's blocking task and
+/// back.
+struct Pipeline {
+    /// Rebuilt from all objects at the first sync, after a relist and at
+    /// every periodic full resync.
+    compiler: Option<Incremental>,
+    /// Reuses the allow-lists of pods whose inputs did not change.
+    renderer: nft::render::Renderer,
+    syncer: Syncer,
+    guard: Option<PortGuard>,
+    stale_flows: Option<StaleFlows>,
+}
+
+/// What one pass through the [`Pipeline`] gave.
+struct Outcome {
+    compiled: Compiled,
+    /// The port guard's sync, when there is a guard.
+    guarded: Option<Result<GuardReport, String>>,
+    result: Result<SyncReport, NftError>,
+    /// The deletion of stale flows, after a successful sync.
+    forgotten: Option<Result<Forgotten, ConntrackError>>,
+}
+
+impl Pipeline {
+    /// Feeds `delta` to the compiler, compiles `node`'s plan, updates the
+    /// port guard, renders `table` and syncs it (`full`: the guard in full
+    /// too), then deletes the flows of addresses that changed hands.
+    /// Blocking.
+    fn run(&mut self, delta: Delta, node: &str, table: &str, full: bool) -> Outcome {
+        // Whose addresses are whose: a rebuilt compiler is compared
+        // with the one it replaces; a kept one knows what moved.
+        let before = match &self.compiler {
+            Some(old) if !delta.is_partial() => Some(address_owners(old)),
+            _ => None,
+        };
+        let first = self.compiler.is_none();
+        let applied = delta.apply(self.compiler.take(), node);
+        let compiler = self.compiler.insert(applied);
+        let compiled = compiler.compile();
+        let moved = compiler.take_moved_addresses();
+        let moved = match before {
+            Some(before) => changed_hands(&before, &address_owners(compiler)),
+            None if first => BTreeSet::new(),
+            None => moved,
+        };
+        // Ports first: a pod that just got its address can send once
+        // both tables have it.
+        let guarded = self
+            .guard
+            .as_mut()
+            .map(|guard| guard.sync(&compiled.plan, full));
+        let ruleset = self.renderer.render(&compiled.plan, table);
+        // On a thread of its own: the batch document of a full sync is
+        // large and short-lived (~70 MiB for 180k set elements), and
+        // glibc gives back an arena that holds only freed memory, while
+        // the pool thread's arena, which also holds the long-lived
+        // compiler and ruleset, would keep it (100k pods: 205 MiB RSS
+        // after the first sync instead of 137 MiB).
+        let syncer = &mut self.syncer;
+        let result = std::thread::scope(|scope| {
+            let sync = scope.spawn(|| syncer.sync(ruleset));
+            sync.join().expect("the sync thread does not panic")
+        });
+        // Flows of addresses that changed hands go once the rules of
+        // their new owner (or none) are in place.
+        let forgotten = match (&result, self.stale_flows.as_mut()) {
+            (Ok(_), Some(flows)) => Some(flows.after_sync(moved)),
+            _ => None,
+        };
+        Outcome {
+            compiled,
+            guarded,
+            result,
+            forgotten,
         }
     }
 }
@@ -398,9 +399,9 @@ impl Unbound {
             self.retry_at = Some(Instant::now() + retry_delay(self.tries));
         }
         self.addrs = report.unbound;
-        let mut st = shared.status.lock().expect("lock");
-        st.guarded_ports = report.ports;
-        st.unbound_addresses = self.addrs.len();
+        let mut status = shared.status.lock().expect("lock");
+        status.guarded_ports = report.ports;
+        status.unbound_addresses = self.addrs.len();
     }
 }
 
