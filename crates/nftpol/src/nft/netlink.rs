@@ -45,6 +45,7 @@ use nix::sys::time::TimeVal;
 use super::exec::NftError;
 use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet, Ruleset};
 use super::ops::Op;
+use crate::net::Family;
 
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
@@ -394,10 +395,9 @@ impl Encoder<'_> {
         let msg = self.start(i, NFT_MSG_NEWSET, NLM_F_CREATE);
         let id = self.set_ids.len() as u32 + 1;
         self.set_ids.insert(name.to_string(), id);
-        let (addr_type, addr_len) = if set.key.is_v6() {
-            (TYPE_IPV6_ADDR, 16)
-        } else {
-            (TYPE_IPV4_ADDR, 4)
+        let (addr_type, addr_len) = match set.key.family() {
+            Family::V4 => (TYPE_IPV4_ADDR, 4),
+            Family::V6 => (TYPE_IPV6_ADDR, 16),
         };
         let concat = matches!(set.key, KeyType::Tuple4 | KeyType::Tuple6);
         let mut flags = 0;
@@ -463,23 +463,22 @@ impl Encoder<'_> {
         let list = self.w.nest_start(NFTA_RULE_EXPRESSIONS);
         for c in &rule.conds {
             match c {
-                Cond::AddrIn { v6, field, set } => {
-                    self.family(*v6);
-                    self.addr_load(*v6, *field);
+                Cond::AddrIn { family, field, set } => {
+                    self.family(*family);
+                    self.addr_load(*family, *field);
                     self.lookup(set);
                 }
-                Cond::TupleIn { v6, field, set } => {
+                Cond::TupleIn { family, field, set } => {
                     let Some(ranges) = interval(set) else {
                         return Err(NftError::Netlink(format!(
                             "rule in {chain} looks up set {set}, which the table will not have"
                         )));
                     };
-                    self.family(*v6);
-                    self.addr_load(*v6, *field);
-                    let (proto_reg, port_reg) = if *v6 {
-                        (NFT_REG_2, NFT_REG32_05)
-                    } else {
-                        (NFT_REG32_01, NFT_REG32_02)
+                    self.family(*family);
+                    self.addr_load(*family, *field);
+                    let (proto_reg, port_reg) = match family {
+                        Family::V4 => (NFT_REG32_01, NFT_REG32_02),
+                        Family::V6 => (NFT_REG_2, NFT_REG32_05),
                     };
                     self.expr("meta", |w| {
                         w.attr_u32(2, NFT_META_L4PROTO); // NFTA_META_KEY
@@ -546,12 +545,15 @@ impl Encoder<'_> {
     }
 
     /// `meta nfproto ipv4|ipv6`: the dependency nft adds in an inet table.
-    fn family(&mut self, v6: bool) {
+    fn family(&mut self, family: Family) {
         self.expr("meta", |w| {
             w.attr_u32(2, NFT_META_NFPROTO); // KEY
             w.attr_u32(1, NFT_REG_1); // DREG
         });
-        self.cmp_eq(&[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }]);
+        self.cmp_eq(&[match family {
+            Family::V4 => NFPROTO_IPV4,
+            Family::V6 => NFPROTO_IPV6,
+        }]);
     }
 
     fn cmp_eq(&mut self, value: &[u8]) {
@@ -565,12 +567,12 @@ impl Encoder<'_> {
     }
 
     /// The source or destination address into register 1.
-    fn addr_load(&mut self, v6: bool, field: AddrField) {
-        let (offset, len) = match (v6, field) {
-            (false, AddrField::Saddr) => (12, 4),
-            (false, AddrField::Daddr) => (16, 4),
-            (true, AddrField::Saddr) => (8, 16),
-            (true, AddrField::Daddr) => (24, 16),
+    fn addr_load(&mut self, family: Family, field: AddrField) {
+        let (offset, len) = match (family, field) {
+            (Family::V4, AddrField::Saddr) => (12, 4),
+            (Family::V4, AddrField::Daddr) => (16, 4),
+            (Family::V6, AddrField::Saddr) => (8, 16),
+            (Family::V6, AddrField::Daddr) => (24, 16),
         };
         self.expr("payload", |w| {
             w.attr_u32(1, NFT_REG_1); // DREG
@@ -689,7 +691,7 @@ impl ListElem {
 /// The kernel elements of one set element: one, or two for an rbtree
 /// interval (start and end).
 fn list_elems(key: KeyType, interval: bool, e: &Elem) -> Result<[Option<ListElem>; 2], String> {
-    let family_ok = |a: IpAddr| a.is_ipv6() == key.is_v6();
+    let family_ok = |a: IpAddr| Family::of(a) == key.family();
     match (key, interval, e) {
         (KeyType::Ipv4 | KeyType::Ipv6, false, Elem::Addr(a)) if family_ok(*a) => {
             Ok([Some(ListElem::key(addr_bytes(*a))), None])
@@ -1036,7 +1038,7 @@ pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compiler::{IpRange, Protocol};
+    use crate::net::{IpRange, Protocol};
 
     fn v4(s: &str) -> IpAddr {
         s.parse().unwrap()
