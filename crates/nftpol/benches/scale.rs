@@ -37,7 +37,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nftpol::compiler::{Snapshot, compile, parse_policies};
-use nftpol::nft::{Netlink, Nft, Ruleset, Stats, Syncer, json, netlink, ops, render, to_text};
+use nftpol::nft::transport::{json, netlink};
+use nftpol::nft::{Netlink, Nft, Ruleset, Stats, Syncer, ops, render, to_text};
 use nftpol_lab::lab::Netns;
 use nftpol_lab::synth::{
     SynthSpec, synth_cluster, with_local_pod_added, with_namespace_relabeled_for_node,

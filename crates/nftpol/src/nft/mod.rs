@@ -8,23 +8,20 @@
 //! a failed full replacement, diffs continue against the record while the
 //! full one is retried with backoff.
 
-pub mod exec;
 pub mod guard;
-pub mod json;
 pub mod model;
-pub mod netlink;
 pub mod ops;
 pub mod region;
 pub mod render;
-pub mod text;
+pub mod transport;
 
 use std::time::{Duration, Instant};
 
-pub use exec::{Nft, NftError};
 pub use model::{Ruleset, Stats};
-pub use netlink::Netlink;
 pub use render::{DEFAULT_TABLE, render};
-pub use text::to_text;
+pub use transport::text::to_text;
+pub use transport::{Netlink, Nft, NftError};
+use transport::{json, netlink};
 
 /// What one sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]

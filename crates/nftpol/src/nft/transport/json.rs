@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 
 use crate::net::{Family, IpRange, as_prefix};
 
-use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet};
-use super::ops::Op;
 use super::text::ND_TYPES;
+use crate::nft::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet};
+use crate::nft::ops::Op;
 
 const FAMILY: NfFamily = NfFamily::INet;
 
@@ -429,6 +429,6 @@ pub fn tables_named(doc: &Value) -> Vec<String> {
 
 /// The whole ruleset as one JSON document (`nftpol compile --json`): the
 /// same batch the first sync sends.
-pub fn ruleset_json(rs: &super::model::Ruleset) -> Value {
-    batch(&rs.table, &super::ops::full(rs))
+pub fn ruleset_json(rs: &crate::nft::model::Ruleset) -> Value {
+    batch(&rs.table, &crate::nft::ops::full(rs))
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use crate::net::{Family, IpRange, as_prefix};
 
-use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, Ruleset};
+use crate::nft::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, Ruleset};
 
 /// The nft keyword of a family's header (`ip saddr`, `ip6 saddr`).
 pub(crate) fn fam(family: Family) -> &'static str {

@@ -6,22 +6,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-/// A failed `nft` run.
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("could not run {program:?}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
-    #[error("nft exited with {status}: {stderr}")]
-    Failed { status: String, stderr: String },
-    /// A batch sent over nftpol's own netlink socket failed.
-    #[error("nf_tables netlink: {0}")]
-    Netlink(String),
-    #[error("refusing to send a batch that touches table {0:?}: nftpol only changes its own table")]
-    ForeignTable(String),
-}
+use super::NftError;
+use crate::nft::ops::Op;
 
 /// How to run `nft`. The default is `nft` from `PATH`; tests prefix it,
 /// e.g. `ip netns exec NODE nft`.
@@ -94,7 +80,7 @@ impl Nft {
     /// bytes, see [`json::batch_bytes`](super::json::batch_bytes)). Every
     /// op names `table` by construction; the guard of [`apply_json`](Self::apply_json)
     /// is kept for documents from elsewhere.
-    pub fn apply_ops(&self, table: &str, ops: &[super::ops::Op]) -> Result<(), NftError> {
+    pub fn apply_ops(&self, table: &str, ops: &[Op]) -> Result<(), NftError> {
         let body = super::json::batch_bytes(table, ops);
         self.run(&["-j", "-f", "-"], Some(&body)).map(|_| ())
     }
