@@ -19,7 +19,7 @@ use nftpol::nft::Netlink;
 use nftpol::nft::model::{Elem, KeyType, NftChain, NftMap, NftSet, Part, Ruleset};
 use nftpol::nft::ops::Op;
 use nftpol::nft::region::{Builder, Span};
-use nftpol::nft::{Syncer, Via, render};
+use nftpol::nft::{NetlinkDiffs, Syncer, Via, render};
 use nftpol_lab::lab::Netns;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -185,8 +185,10 @@ fn element_updates_over_netlink_leave_the_kernel_as_nft_leaves_it() {
     let netlink_batches = std::cell::Cell::new(0);
     runner
         .run(&proptest::collection::vec(state(), 2..7), |states| {
-            let mut over_netlink =
-                Syncer::new(ns.nft(), "nl").with_netlink(ns.netlink().expect("a netlink socket"));
+            let mut over_netlink = Syncer::new(
+                NetlinkDiffs::new(ns.netlink().expect("a netlink socket"), ns.nft()),
+                "nl",
+            );
             let mut through_nft = Syncer::new(ns.nft(), "nf");
             for (i, st) in states.iter().enumerate() {
                 let a = over_netlink
@@ -337,8 +339,10 @@ fn chains_sets_and_rules_over_netlink_leave_the_kernel_as_nft_leaves_it() {
         .run(
             &proptest::collection::vec(common::r#gen::cluster(), 2..5),
             |clusters| {
-                let mut over_netlink = Syncer::new(ns.nft(), "nl")
-                    .with_netlink(ns.netlink().expect("a netlink socket"));
+                let mut over_netlink = Syncer::new(
+                    NetlinkDiffs::new(ns.netlink().expect("a netlink socket"), ns.nft()),
+                    "nl",
+                );
                 let mut through_nft = Syncer::new(ns.nft(), "nf");
                 for (i, c) in clusters.iter().enumerate() {
                     let plan = compile(&c.snap, node).plan;

@@ -158,7 +158,8 @@ impl Node {
     /// The syncer `nftpol run` would keep in this node: element updates
     /// over netlink, the rest through `nft`.
     pub fn syncer(&self, table: &str) -> Result<nftpol::nft::Syncer, LabError> {
-        Ok(nftpol::nft::Syncer::new(self.nft(), table).with_netlink(self.netns.netlink()?))
+        let transport = nftpol::nft::NetlinkDiffs::new(self.netns.netlink()?, self.nft());
+        Ok(nftpol::nft::Syncer::new(transport, table))
     }
 
     /// Starts servers on `ports` (TCP, UDP, SCTP) in the node's namespace

@@ -45,7 +45,7 @@ impl Netlink {
         })
     }
 
-    /// Sends `ops` (see [`carries`]), which turn the table into `after`,
+    /// Sends `ops` (see [`carries`](super::carries)), which turn the table into `after`,
     /// as one transaction and waits for the kernel's verdict.
     pub fn apply(&mut self, after: &Ruleset, ops: &[Op]) -> Result<(), NftError> {
         let table = after.table.as_str();
