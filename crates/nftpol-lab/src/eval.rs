@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use nftpol::compiler::Protocol;
-use nftpol::compiler::ranges::to_u128;
+use nftpol::net::{Family, to_u128};
 
 use nftpol::nft::model::{Action, AddrField, Cond, Elem, NftSet, Ruleset};
 
@@ -80,9 +80,9 @@ fn walk(rs: &Ruleset, chain: &str, p: &Packet, rules: &mut usize) -> Option<Verd
             Action::Accept => return Some(Verdict::Accept),
             Action::CountDrop => return Some(Verdict::Drop),
             Action::Jump(to) => Some(to),
-            Action::Dispatch { v6, field, map } => {
+            Action::Dispatch { family, field, map } => {
                 let addr = pick(p, *field);
-                if addr.is_ipv6() != *v6 {
+                if Family::of(addr) != *family {
                     continue;
                 }
                 rs.maps
@@ -117,18 +117,26 @@ fn set<'a>(rs: &'a Ruleset, name: &str) -> &'a NftSet {
 fn holds(rs: &Ruleset, c: &Cond, p: &Packet) -> bool {
     match c {
         Cond::CtEstablished | Cond::Icmpv6Discovery => false,
-        Cond::AddrIn { v6, field, set: s } => {
+        Cond::AddrIn {
+            family,
+            field,
+            set: s,
+        } => {
             let a = pick(p, *field);
-            a.is_ipv6() == *v6
+            Family::of(a) == *family
                 && set(rs, s).elements.iter().any(|e| match e {
                     Elem::Addr(x) => *x == a,
                     Elem::Range(lo, hi) => in_range(a, *lo, *hi),
                     Elem::Box { .. } => false,
                 })
         }
-        Cond::TupleIn { v6, field, set: s } => {
+        Cond::TupleIn {
+            family,
+            field,
+            set: s,
+        } => {
             let a = pick(p, *field);
-            a.is_ipv6() == *v6
+            Family::of(a) == *family
                 && set(rs, s).elements.iter().any(|e| match e {
                     Elem::Box {
                         addrs,
@@ -147,5 +155,5 @@ fn holds(rs: &Ruleset, c: &Cond, p: &Packet) -> bool {
 }
 
 fn in_range(a: IpAddr, lo: IpAddr, hi: IpAddr) -> bool {
-    lo.is_ipv6() == a.is_ipv6() && to_u128(lo) <= to_u128(a) && to_u128(a) <= to_u128(hi)
+    Family::of(lo) == Family::of(a) && to_u128(lo) <= to_u128(a) && to_u128(a) <= to_u128(hi)
 }

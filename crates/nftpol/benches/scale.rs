@@ -37,7 +37,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nftpol::compiler::{Snapshot, compile, parse_policies};
-use nftpol::nft::{Netlink, Nft, Ruleset, Stats, Syncer, json, netlink, ops, render, to_text};
+use nftpol::nft::transport::{json, netlink};
+use nftpol::nft::{Netlink, NetlinkDiffs, Nft, Ruleset, Stats, Syncer, ops, render, to_text};
 use nftpol_lab::lab::Netns;
 use nftpol_lab::report::{loadavg, machine, median, table};
 use nftpol_lab::synth::{
@@ -430,8 +431,13 @@ fn kernel_col(ns: &str, spec: &SynthSpec, snap: &Snapshot, rs: &Ruleset, reps: R
 
     // Full apply, in a fresh namespace: the first run creates the table,
     // later ones replace it. Element updates over netlink, as `nftpol run`.
-    let mut syncer = Syncer::new(nft.clone(), TABLE)
-        .with_netlink(Netlink::open(None).expect("a netlink socket in the namespace"));
+    let mut syncer = Syncer::new(
+        NetlinkDiffs::new(
+            Netlink::open(None).expect("a netlink socket in the namespace"),
+            nft.clone(),
+        ),
+        TABLE,
+    );
     let mut nl = Netlink::open(None).expect("a netlink socket in the namespace");
     let mut full_times = Vec::new();
     for _ in 0..reps.full {

@@ -210,7 +210,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 "compiled"
             );
             if json {
-                let doc = nft::json::ruleset_json(&rs);
+                let doc = nft::transport::json::ruleset_json(&rs);
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&doc).expect("JSON serializes")

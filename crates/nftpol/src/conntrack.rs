@@ -22,7 +22,9 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, recv, send};
 
-use crate::nft::netlink::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, Writer, messages, open_socket};
+use crate::nft::transport::netlink::{
+    NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, Writer, messages, open_socket,
+};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;

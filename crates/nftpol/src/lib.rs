@@ -20,6 +20,7 @@ pub mod cli;
 pub mod compiler;
 pub mod conntrack;
 pub mod load;
+pub mod net;
 pub mod netns;
 pub mod nft;
 pub mod watch;

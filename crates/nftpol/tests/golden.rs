@@ -4,7 +4,8 @@
 
 use nftpol::compiler::compile;
 use nftpol::load::load_paths;
-use nftpol::nft::{json::ruleset_json, render, to_text};
+use nftpol::nft::transport::json::ruleset_json;
+use nftpol::nft::{render, to_text};
 
 fn example_ruleset(node: &str) -> nftpol::nft::Ruleset {
     let root = nftpol_lab::fixtures::repo_path("examples");

@@ -18,6 +18,7 @@ use common::reference;
 use common::*;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nftpol::compiler::{Protocol, Snapshot, compile};
+use nftpol::net::Family;
 use nftpol::nft::{self, SyncReport, Syncer};
 use nftpol_lab::lab::{self, DEFAULT_TIMEOUT, Node, NodeConfig, Pod, Port, Probe};
 
@@ -128,8 +129,8 @@ impl World {
     }
 
     /// One probe from `from` to `to` on `port`, over IPv4 or IPv6.
-    fn probe(&self, from: &str, to: &str, port: Port, v6: bool) -> bool {
-        let dst = addr_of(self.lab_pod(to), v6);
+    fn probe(&self, from: &str, to: &str, port: Port, family: Family) -> bool {
+        let dst = addr_of(self.lab_pod(to), family);
         lab::probe(
             self.lab_pod(from).netns(),
             SocketAddr::new(dst, port.port),
@@ -143,7 +144,7 @@ impl World {
     /// port of `ports` and compares each answer with the reference
     /// evaluator (packet level, for the family probed). `Err` holds a
     /// readable table of the whole matrix.
-    fn check_matrix(&self, snap: &Snapshot, ports: &[Port], v6: bool) -> Result<(), String> {
+    fn check_matrix(&self, snap: &Snapshot, ports: &[Port], family: Family) -> Result<(), String> {
         self.node.conntrack_flush().expect("conntrack -F");
         let keys = self.local_keys();
         let mut cases = Vec::new();
@@ -158,7 +159,7 @@ impl World {
             .iter()
             .map(|(port, from, to)| Probe {
                 from: self.lab_pod(from).netns(),
-                to: SocketAddr::new(addr_of(self.lab_pod(to), v6), port.port),
+                to: SocketAddr::new(addr_of(self.lab_pod(to), family), port.port),
                 proto: port.proto,
             })
             .collect();
@@ -167,8 +168,8 @@ impl World {
             .iter()
             .map(|(port, from, to)| {
                 let (f, t) = (key(from), key(to));
-                let src = addr_of(self.lab_pod(from), v6);
-                let dst = addr_of(self.lab_pod(to), v6);
+                let src = addr_of(self.lab_pod(from), family);
+                let dst = addr_of(self.lab_pod(to), family);
                 reference::allows_packet(snap, &f, src, &t, dst, port.proto, port.port)
             })
             .collect();
@@ -179,11 +180,10 @@ impl World {
     }
 }
 
-fn addr_of(pod: &Pod, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(pod.ipv6().expect("a dual-stack pod"))
-    } else {
-        IpAddr::V4(pod.ipv4())
+fn addr_of(pod: &Pod, family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(pod.ipv4()),
+        Family::V6 => IpAddr::V6(pod.ipv6().expect("a dual-stack pod")),
     }
 }
 
@@ -486,13 +486,13 @@ fn compiled_rulesets_enforce_what_the_reference_evaluator_says() {
     let open = w.with_policies(vec![]);
     w.enforce(&open);
     let mut failures = Vec::new();
-    if let Err(table) = w.check_matrix(&open, &PORTS, false) {
+    if let Err(table) = w.check_matrix(&open, &PORTS, Family::V4) {
         failures.push(format!("scenario \"no policy\":\n{table}"));
     }
     for (name, policies) in scenarios() {
         let snap = w.with_policies(policies);
         let report = w.enforce(&snap);
-        if let Err(table) = w.check_matrix(&snap, &PORTS, false) {
+        if let Err(table) = w.check_matrix(&snap, &PORTS, Family::V4) {
             failures.push(format!(
                 "scenario \"{name}\" (sync full={}, {} commands):\n{table}",
                 report.full, report.commands
@@ -538,7 +538,7 @@ fn the_node_itself_always_reaches_its_pods() {
         );
     }
     assert!(
-        !w.probe("default/b", "default/a", Port::tcp(80), false),
+        !w.probe("default/b", "default/a", Port::tcp(80), Family::V4),
         "pod to pod should be denied"
     );
 }
@@ -617,7 +617,7 @@ fn a_foreign_table_is_untouched_and_cannot_undo_a_drop() {
     let before = foreign(&w);
     assert!(before.contains("10.244.0.0/16"), "{before}");
     assert!(
-        w.probe("default/a", "default/b", Port::tcp(80), false),
+        w.probe("default/a", "default/b", Port::tcp(80), Family::V4),
         "without nftpol a -> b passes"
     );
 
@@ -635,10 +635,10 @@ fn a_foreign_table_is_untouched_and_cannot_undo_a_drop() {
     assert!(w.enforce(&snap).full);
     w.node.conntrack_flush().unwrap();
     assert!(
-        !w.probe("default/a", "default/b", Port::tcp(80), false),
+        !w.probe("default/a", "default/b", Port::tcp(80), Family::V4),
         "a -> b should be dropped although table ip filter accepts 10.244.0.0/16"
     );
-    assert!(w.probe("default/c", "default/b", Port::tcp(80), false));
+    assert!(w.probe("default/c", "default/b", Port::tcp(80), Family::V4));
     assert_eq!(
         foreign(&w),
         before,
@@ -665,11 +665,11 @@ fn a_foreign_table_is_untouched_and_cannot_undo_a_drop() {
     );
     w.node.conntrack_flush().unwrap();
     assert!(
-        w.probe("default/c", "default/b", Port::tcp(80), false),
+        w.probe("default/c", "default/b", Port::tcp(80), Family::V4),
         "after cleanup c -> b should pass"
     );
     assert!(
-        w.probe("default/a", "default/b", Port::tcp(80), false),
+        w.probe("default/a", "default/b", Port::tcp(80), Family::V4),
         "after cleanup a -> b should pass"
     );
 }
@@ -774,7 +774,7 @@ fn an_incremental_update_keeps_established_connections_and_has_no_window() {
             // A fresh connection is a new conntrack entry: policy decides it.
             let d_isolated = step % 2 == 1;
             assert_eq!(
-                w.probe("app/c", "app/d", Port::tcp(80), false),
+                w.probe("app/c", "app/d", Port::tcp(80), Family::V4),
                 !d_isolated,
                 "after sync {step}: c -> d should be {}",
                 if d_isolated { "denied" } else { "allowed" }
@@ -849,9 +849,9 @@ fn the_apply_and_cleanup_commands_work_on_a_real_kernel() {
         "apply should create the table"
     );
     w.node.conntrack_flush().unwrap();
-    assert!(!w.probe("default/a", "default/b", Port::tcp(80), false));
-    assert!(w.probe("default/c", "default/b", Port::tcp(80), false));
-    assert!(w.probe("default/b", "default/a", Port::tcp(80), false));
+    assert!(!w.probe("default/a", "default/b", Port::tcp(80), Family::V4));
+    assert!(w.probe("default/c", "default/b", Port::tcp(80), Family::V4));
+    assert!(w.probe("default/b", "default/a", Port::tcp(80), Family::V4));
 
     w.node
         .netns()
@@ -859,7 +859,7 @@ fn the_apply_and_cleanup_commands_work_on_a_real_kernel() {
         .unwrap_or_else(|e| panic!("nftpol cleanup: {e}"));
     assert_eq!(our_table(&w.node), None, "cleanup should remove the table");
     w.node.conntrack_flush().unwrap();
-    assert!(w.probe("default/a", "default/b", Port::tcp(80), false));
+    assert!(w.probe("default/a", "default/b", Port::tcp(80), Family::V4));
 }
 
 #[test]
@@ -898,18 +898,18 @@ fn an_ipv6_ip_block_is_enforced_over_ipv6() {
     w.enforce(&snap);
     // Spot checks first, for a readable failure.
     assert!(
-        !w.probe("default/a", "default/b", Port::tcp(80), true),
+        !w.probe("default/a", "default/b", Port::tcp(80), Family::V6),
         "a's IPv6 address is excepted"
     );
-    assert!(w.probe("default/c", "default/b", Port::tcp(80), true));
+    assert!(w.probe("default/c", "default/b", Port::tcp(80), Family::V6));
     assert!(
-        !w.probe("default/c", "default/b", Port::tcp(80), false),
+        !w.probe("default/c", "default/b", Port::tcp(80), Family::V4),
         "the block is IPv6 only"
     );
     let mut failures = Vec::new();
-    for v6 in [true, false] {
-        if let Err(table) = w.check_matrix(&snap, &PORTS, v6) {
-            failures.push(format!("over IPv{}:\n{table}", if v6 { 6 } else { 4 }));
+    for family in [Family::V6, Family::V4] {
+        if let Err(table) = w.check_matrix(&snap, &PORTS, family) {
+            failures.push(format!("over IPv{}:\n{table}", family.number()));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

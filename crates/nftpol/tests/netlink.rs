@@ -13,13 +13,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use common::lab_ready;
-use nftpol::compiler::ranges::from_u128;
 use nftpol::compiler::{Protocol, compile};
+use nftpol::net::{Family, from_u128};
+use nftpol::nft::Netlink;
 use nftpol::nft::model::{Elem, KeyType, NftChain, NftMap, NftSet, Part, Ruleset};
-use nftpol::nft::netlink::Netlink;
 use nftpol::nft::ops::Op;
 use nftpol::nft::region::{Builder, Span};
-use nftpol::nft::{Syncer, Via, render};
+use nftpol::nft::{NetlinkDiffs, Syncer, Via, render};
 use nftpol_lab::lab::Netns;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -28,19 +28,18 @@ use proptest::test_runner::{Config, TestRunner};
 /// every port.
 #[derive(Clone, Debug)]
 struct Piece {
-    v6: bool,
+    family: Family,
     ports: Option<(Protocol, u16, u16)>,
     spans: Vec<Span>,
 }
 
 /// Spans near the edges of the family's space and in the middle, so that
 /// ranges touch, overlap, start at the first address and end at the last.
-fn span(v6: bool) -> impl Strategy<Value = Span> {
-    let max: u128 = if v6 { u128::MAX } else { u32::MAX as u128 };
-    let mid: u128 = if v6 {
-        0x2001_0db8_u128 << 96
-    } else {
-        0x0a00_0000
+fn span(family: Family) -> impl Strategy<Value = Span> {
+    let max = family.max_addr();
+    let mid: u128 = match family {
+        Family::V4 => 0x0a00_0000,
+        Family::V6 => 0x2001_0db8_u128 << 96,
     };
     (0..3usize, 0u128..48, 0u128..40).prop_map(move |(anchor, off, len)| {
         let start = match anchor {
@@ -63,13 +62,17 @@ fn piece() -> impl Strategy<Value = Piece> {
         1 => Just(None),
         4 => (proto, port, 0u16..4).prop_map(|(p, lo, len)| Some((p, lo, lo.saturating_add(len)))),
     ];
-    any::<bool>().prop_flat_map(move |v6| {
+    prop_oneof![Just(Family::V4), Just(Family::V6)].prop_flat_map(move |family| {
         (
-            Just(v6),
+            Just(family),
             ports.clone(),
-            proptest::collection::vec(span(v6), 1..4),
+            proptest::collection::vec(span(family), 1..4),
         )
-            .prop_map(|(v6, ports, spans)| Piece { v6, ports, spans })
+            .prop_map(|(family, ports, spans)| Piece {
+                family,
+                ports,
+                spans,
+            })
     })
 }
 
@@ -96,22 +99,22 @@ fn ruleset(table: &str, st: &State) -> Ruleset {
         table: table.to_string(),
         ..Ruleset::default()
     };
-    for v6 in [false, true] {
-        let mut b = Builder::new(v6);
-        for p in st.pieces.iter().filter(|p| p.v6 == v6) {
+    for family in Family::BOTH {
+        let mut b = Builder::new(family);
+        for p in st.pieces.iter().filter(|p| p.family == family) {
             match p.ports {
                 None => b.any(&p.spans),
                 Some((proto, lo, hi)) => b.ports(proto, lo, hi, &p.spans),
             }
         }
         let elems = b.build().elems();
-        let fam = if v6 { 6 } else { 4 };
+        let fam = family.number();
         for part in Part::ALL {
             let (key, interval) = match part {
-                Part::Tuples => (tuple(v6), false),
-                Part::Addrs => (addr(v6), false),
-                Part::Boxes => (tuple(v6), true),
-                Part::AddrRanges => (addr(v6), true),
+                Part::Tuples => (KeyType::tuple(family), false),
+                Part::Addrs => (KeyType::addr(family), false),
+                Part::Boxes => (KeyType::tuple(family), true),
+                Part::AddrRanges => (KeyType::addr(family), true),
             };
             let mine: BTreeSet<Elem> = elems
                 .iter()
@@ -157,14 +160,6 @@ fn ruleset(table: &str, st: &State) -> Ruleset {
     rs
 }
 
-fn tuple(v6: bool) -> KeyType {
-    if v6 { KeyType::Tuple6 } else { KeyType::Tuple4 }
-}
-
-fn addr(v6: bool) -> KeyType {
-    if v6 { KeyType::Ipv6 } else { KeyType::Ipv4 }
-}
-
 /// `nft list table`, without set comments: nft 1.0.6 drops the comment of
 /// a set added by a JSON batch (netlink keeps it, as nft's text does).
 fn listing(ns: &Netns, table: &str) -> String {
@@ -190,8 +185,10 @@ fn element_updates_over_netlink_leave_the_kernel_as_nft_leaves_it() {
     let netlink_batches = std::cell::Cell::new(0);
     runner
         .run(&proptest::collection::vec(state(), 2..7), |states| {
-            let mut over_netlink =
-                Syncer::new(ns.nft(), "nl").with_netlink(ns.netlink().expect("a netlink socket"));
+            let mut over_netlink = Syncer::new(
+                NetlinkDiffs::new(ns.netlink().expect("a netlink socket"), ns.nft()),
+                "nl",
+            );
             let mut through_nft = Syncer::new(ns.nft(), "nf");
             for (i, st) in states.iter().enumerate() {
                 let a = over_netlink
@@ -288,7 +285,7 @@ fn a_refused_netlink_batch_changes_nothing_and_names_the_command() {
         "add set inet t r { type ipv4_addr; flags interval; }",
     ])
     .unwrap();
-    let range = |a: u128, b: u128| Elem::Range(from_u128(a, true), from_u128(b, true));
+    let range = |a: u128, b: u128| Elem::Range(from_u128(a, Family::V4), from_u128(b, Family::V4));
     let top = range(u32::MAX as u128 - 9, u32::MAX as u128);
     let mid = range(0x0a00_0000, 0x0a00_00ff);
     nl.apply(
@@ -342,8 +339,10 @@ fn chains_sets_and_rules_over_netlink_leave_the_kernel_as_nft_leaves_it() {
         .run(
             &proptest::collection::vec(common::r#gen::cluster(), 2..5),
             |clusters| {
-                let mut over_netlink = Syncer::new(ns.nft(), "nl")
-                    .with_netlink(ns.netlink().expect("a netlink socket"));
+                let mut over_netlink = Syncer::new(
+                    NetlinkDiffs::new(ns.netlink().expect("a netlink socket"), ns.nft()),
+                    "nl",
+                );
                 let mut through_nft = Syncer::new(ns.nft(), "nf");
                 for (i, c) in clusters.iter().enumerate() {
                     let plan = compile(&c.snap, node).plan;

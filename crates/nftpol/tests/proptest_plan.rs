@@ -22,6 +22,7 @@ use common::reference;
 use nftpol::compiler::{
     Compiled, Direction, Incremental, Plan, PodInfo, Protocol, Severity, compile,
 };
+use nftpol::net::Family;
 use nftpol::nft::{Ruleset, render};
 use nftpol_lab::eval::{self, Packet};
 use proptest::prelude::*;
@@ -74,10 +75,10 @@ impl Plans {
 /// The address pairs probed between two pods, of the addresses they own:
 /// the first of each family both have.
 fn address_pairs(src: &[IpAddr], dst: &[IpAddr]) -> Vec<(IpAddr, IpAddr)> {
-    let first = |ips: &[IpAddr], v6: bool| ips.iter().copied().find(|ip| ip.is_ipv6() == v6);
-    [false, true]
+    let first = |ips: &[IpAddr], family| ips.iter().copied().find(|ip| Family::of(*ip) == family);
+    Family::BOTH
         .into_iter()
-        .filter_map(|v6| Some((first(src, v6)?, first(dst, v6)?)))
+        .filter_map(|family| Some((first(src, family)?, first(dst, family)?)))
         .collect()
 }
 

@@ -12,7 +12,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nftpol::compiler::{PodInfo, compile};
 use nftpol::nft::model::{Action, Ruleset};
 use nftpol::nft::ops::{Op, diff, full};
-use nftpol::nft::{json::batch, render};
+use nftpol::nft::render;
+use nftpol::nft::transport::json::batch;
 
 fn pods() -> Vec<PodInfo> {
     vec![
@@ -195,7 +196,7 @@ fn a_pod_that_is_no_longer_isolated_loses_its_dispatch_entry_before_its_chain_an
 fn every_command_of_a_batch_names_only_our_table() {
     let rs = ruleset(pods(), vec![allow_from_app("c")]);
     let doc = batch("nftpol", &full(&rs));
-    let tables = nftpol::nft::json::tables_named(&doc);
+    let tables = nftpol::nft::transport::json::tables_named(&doc);
     assert!(!tables.is_empty());
     assert!(tables.iter().all(|t| t == "nftpol"), "{tables:?}");
 }
@@ -214,10 +215,10 @@ fn the_streamed_batch_is_the_same_document() {
     let rs = ruleset(pods(), vec![allow_from_app("c"), allow_from_app("b")]);
     let ops = full(&rs);
     let streamed: serde_json::Value =
-        serde_json::from_slice(&nftpol::nft::json::batch_bytes("nftpol", &ops)).unwrap();
+        serde_json::from_slice(&nftpol::nft::transport::json::batch_bytes("nftpol", &ops)).unwrap();
     assert_eq!(streamed, batch("nftpol", &ops));
     let empty: serde_json::Value =
-        serde_json::from_slice(&nftpol::nft::json::batch_bytes("nftpol", &[])).unwrap();
+        serde_json::from_slice(&nftpol::nft::transport::json::batch_bytes("nftpol", &[])).unwrap();
     assert_eq!(empty, batch("nftpol", &[]));
 }
 
@@ -236,7 +237,8 @@ fn the_streamed_batch_is_the_same_document_for_every_kind_of_element() {
     let before = rs(&base);
     let same = |ops: &[Op]| {
         let streamed: serde_json::Value =
-            serde_json::from_slice(&nftpol::nft::json::batch_bytes("nftpol", ops)).unwrap();
+            serde_json::from_slice(&nftpol::nft::transport::json::batch_bytes("nftpol", ops))
+                .unwrap();
         assert_eq!(streamed, batch("nftpol", ops));
     };
     same(&full(&before));

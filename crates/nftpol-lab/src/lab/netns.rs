@@ -9,6 +9,7 @@ use nix::sched::{CloneFlags, setns};
 
 use super::server::{Port, Servers};
 use super::{LabError, run_cmd};
+use nftpol::net::Family;
 use nftpol::nft::{Netlink, Nft};
 
 /// Where `ip netns` keeps its namespaces.
@@ -144,16 +145,16 @@ impl Netns {
         self.exec(&["conntrack", "-F"]).map(|_| ())
     }
 
-    /// Starts TCP, UDP and SCTP servers on `ports` (IPv4, and IPv6 when
-    /// `v6`), running until this namespace is dropped. TCP: accept, send one
+    /// Starts TCP, UDP and SCTP servers on `ports` (in each of `families`),
+    /// running until this namespace is dropped. TCP: accept, send one
     /// byte `+`, then echo. UDP: echo each datagram to its sender. SCTP: a
     /// listening one-to-one socket served like TCP where the kernel has
     /// SCTP ([`super::probe::kernel_has_sctp`]); otherwise a raw socket of
     /// IP protocol 132 that answers each INIT to one of these ports with an
     /// INIT-ACK and ignores every other packet (nothing beyond the
     /// handshake's first two packets: enough for probes and conntrack).
-    pub fn serve(&self, ports: &[Port], v6: bool) -> Result<(), LabError> {
-        let sockets = self.run(|| Servers::open(ports, v6))??;
+    pub fn serve(&self, ports: &[Port], families: &[Family]) -> Result<(), LabError> {
+        let sockets = self.run(|| Servers::open(ports, families))??;
         let servers = Servers::start(&self.name, sockets)?;
         self.servers
             .lock()

@@ -18,6 +18,7 @@ use socket2::{Domain, Socket, Type};
 use super::sctp;
 use super::{LabError, Netns};
 use nftpol::compiler::Protocol;
+use nftpol::net::Family;
 
 pub use super::sctp::kernel_has_sctp;
 
@@ -69,10 +70,13 @@ struct RawSource {
 }
 
 impl RawSource {
-    fn socket(&mut self, v6: bool) -> std::io::Result<&Socket> {
-        let slot = if v6 { &mut self.v6 } else { &mut self.v4 };
+    fn socket(&mut self, family: Family) -> std::io::Result<&Socket> {
+        let slot = match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        };
         if slot.is_none() {
-            *slot = Some(sctp::raw_socket(v6)?);
+            *slot = Some(sctp::raw_socket(family)?);
         }
         Ok(slot.as_ref().expect("just opened"))
     }
@@ -87,11 +91,11 @@ impl RawSource {
         }
     }
 
-    fn into_sockets(self) -> impl Iterator<Item = (Socket, bool)> {
+    fn into_sockets(self) -> impl Iterator<Item = (Socket, Family)> {
         self.v4
-            .map(|s| (s, false))
+            .map(|s| (s, Family::V4))
             .into_iter()
-            .chain(self.v6.map(|s| (s, true)))
+            .chain(self.v6.map(|s| (s, Family::V6)))
     }
 }
 
@@ -122,7 +126,7 @@ pub fn probe_all(probes: &[Probe<'_>], timeout: Duration) -> Result<Vec<bool>, L
     }
     let start = Instant::now();
     let mut attempts: Vec<Option<Attempt>> = (0..probes.len()).map(|_| None).collect();
-    let mut raw_sockets: Vec<(Socket, bool)> = Vec::new();
+    let mut raw_sockets: Vec<(Socket, Family)> = Vec::new();
     std::thread::scope(|s| -> Result<(), LabError> {
         let handles: Vec<_> = by_source
             .values()
@@ -173,7 +177,7 @@ fn start_attempt(p: &Probe<'_>, raw: &mut RawSource) -> Result<Attempt, LabError
                 local_port: raw.fresh_port(),
                 tag: sctp::random_u32(),
             };
-            let sock = raw.socket(p.to.is_ipv6()).map_err(what)?;
+            let sock = raw.socket(Family::of(p.to.ip())).map_err(what)?;
             let init = sctp::init_packet(key.local_port, p.to.port(), key.tag);
             Ok(match sctp::send_to(sock, &init, p.to.ip()) {
                 Ok(()) => Attempt::SctpRaw(key),
@@ -213,7 +217,7 @@ fn connect_stream(to: SocketAddr, proto: socket2::Protocol) -> std::io::Result<A
 /// Waits until every attempt is decided or `deadline` passes; undecided
 /// attempts count as failed. `raw` are the sources' raw SCTP sockets
 /// (with their family: true for IPv6), where INIT-ACKs arrive.
-fn wait_all(attempts: &mut [Attempt], raw: &[(Socket, bool)], deadline: Instant) {
+fn wait_all(attempts: &mut [Attempt], raw: &[(Socket, Family)], deadline: Instant) {
     let mut buf = [0u8; 64];
     let mut awaiting: HashMap<SctpKey, usize> = attempts
         .iter()
@@ -283,10 +287,10 @@ fn wait_all(attempts: &mut [Attempt], raw: &[(Socket, bool)], deadline: Instant)
                 attempts[i] = Attempt::Done(ok);
             }
         }
-        for ((sock, v6), _) in raw_polled.iter().zip(raw_ready).filter(|(_, r)| *r) {
+        for ((sock, family), _) in raw_polled.iter().zip(raw_ready).filter(|(_, r)| *r) {
             // Every SCTP packet of the namespace lands here; only INIT-ACKs
             // that answer one of our INITs count.
-            sctp::drain(sock, *v6, |from, packet| {
+            sctp::drain(sock, *family, |from, packet| {
                 let Some(h) = sctp::parse(packet).filter(|h| h.is_init_ack()) else {
                     return;
                 };

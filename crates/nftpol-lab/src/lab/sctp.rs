@@ -26,6 +26,7 @@ use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nftpol::net::Family;
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{
@@ -68,8 +69,11 @@ pub fn kernel_has_sctp() -> bool {
 /// A fresh non-blocking raw socket of IP protocol 132 in the calling
 /// thread's namespace. It sees every SCTP packet of that namespace (IPv4:
 /// with the IP header).
-pub(crate) fn raw_socket(v6: bool) -> std::io::Result<Socket> {
-    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+pub(crate) fn raw_socket(family: Family) -> std::io::Result<Socket> {
+    let domain = match family {
+        Family::V4 => Domain::IPV4,
+        Family::V6 => Domain::IPV6,
+    };
     let sock = Socket::new(
         domain,
         Type::RAW,
@@ -208,8 +212,8 @@ fn seal(packet: &mut [u8]) {
 
 /// The SCTP packet inside what a raw socket read: IPv4 raw sockets hand
 /// over the IP header too, IPv6 ones do not.
-pub(crate) fn strip_ip_header(buf: &[u8], v6: bool) -> Option<&[u8]> {
-    if v6 {
+pub(crate) fn strip_ip_header(buf: &[u8], family: Family) -> Option<&[u8]> {
+    if family == Family::V6 {
         return Some(buf);
     }
     let ihl = usize::from(buf.first()? & 0x0f) * 4;
@@ -218,12 +222,13 @@ pub(crate) fn strip_ip_header(buf: &[u8], v6: bool) -> Option<&[u8]> {
 
 /// Reads every packet waiting on a raw SCTP socket; `f` gets each one's
 /// source address and SCTP bytes. Returns when the socket would block.
-pub(crate) fn drain(sock: &Socket, v6: bool, mut f: impl FnMut(IpAddr, &[u8])) {
+pub(crate) fn drain(sock: &Socket, family: Family, mut f: impl FnMut(IpAddr, &[u8])) {
     let mut buf = [0u8; MAX_PACKET];
     loop {
         match socket::recvfrom::<SockaddrStorage>(sock.as_raw_fd(), &mut buf) {
             Ok((n, Some(from))) => {
-                if let (Some(ip), Some(packet)) = (ip_of(&from), strip_ip_header(&buf[..n], v6)) {
+                if let (Some(ip), Some(packet)) = (ip_of(&from), strip_ip_header(&buf[..n], family))
+                {
                     f(ip, packet);
                 }
             }
@@ -257,21 +262,24 @@ pub(crate) fn send_to(sock: &Socket, packet: &[u8], to: IpAddr) -> std::io::Resu
 #[derive(Debug)]
 pub(crate) struct Responder {
     sock: Socket,
-    v6: bool,
+    family: Family,
     ports: BTreeSet<u16>,
 }
 
 impl Responder {
     /// Opens the raw socket; must run inside the namespace.
-    pub fn open(ports: BTreeSet<u16>, v6: bool) -> std::io::Result<Self> {
-        let sock = raw_socket(v6)?;
-        if v6 {
-            socket::setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true)
-        } else {
-            socket::setsockopt(&sock, sockopt::Ipv4PacketInfo, &true)
+    pub fn open(ports: BTreeSet<u16>, family: Family) -> std::io::Result<Self> {
+        let sock = raw_socket(family)?;
+        match family {
+            Family::V4 => socket::setsockopt(&sock, sockopt::Ipv4PacketInfo, &true),
+            Family::V6 => socket::setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true),
         }
         .map_err(std::io::Error::from)?;
-        Ok(Self { sock, v6, ports })
+        Ok(Self {
+            sock,
+            family,
+            ports,
+        })
     }
 
     pub fn socket(&self) -> &Socket {
@@ -281,10 +289,9 @@ impl Responder {
     /// Answers every INIT waiting on the socket; returns when it would block.
     pub fn answer_pending(&self) {
         let mut buf = [0u8; MAX_PACKET];
-        let mut cmsg = if self.v6 {
-            nix::cmsg_space!(libc::in6_pktinfo)
-        } else {
-            nix::cmsg_space!(libc::in_pktinfo)
+        let mut cmsg = match self.family {
+            Family::V4 => nix::cmsg_space!(libc::in_pktinfo),
+            Family::V6 => nix::cmsg_space!(libc::in6_pktinfo),
         };
         loop {
             let (n, from, local) = {
@@ -316,7 +323,7 @@ impl Responder {
             let (Some(from), Some(local)) = (from.as_ref().and_then(ip_of), local) else {
                 continue;
             };
-            let Some(init) = strip_ip_header(&buf[..n], self.v6).and_then(parse) else {
+            let Some(init) = strip_ip_header(&buf[..n], self.family).and_then(parse) else {
                 continue;
             };
             if !init.is_init() || init.vtag != 0 || !self.ports.contains(&init.dst_port) {
@@ -426,7 +433,7 @@ mod tests {
     fn the_ipv4_header_is_skipped_by_its_length() {
         let mut buf = vec![0x46u8; 24];
         buf.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(strip_ip_header(&buf, false), Some(&[1u8, 2, 3][..]));
-        assert_eq!(strip_ip_header(&[0x45, 0, 0], false), None);
+        assert_eq!(strip_ip_header(&buf, Family::V4), Some(&[1u8, 2, 3][..]));
+        assert_eq!(strip_ip_header(&[0x45, 0, 0], Family::V4), None);
     }
 }

@@ -17,6 +17,7 @@ use socket2::{Domain, Socket, Type};
 use super::LabError;
 use super::sctp::{self, Responder};
 use nftpol::compiler::Protocol;
+use nftpol::net::Family;
 
 /// A transport port to serve or probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,7 +80,7 @@ pub(crate) struct Servers {
 
 impl Servers {
     /// Opens the sockets; must run inside the namespace.
-    pub fn open(ports: &[Port], v6: bool) -> Result<Vec<Listening>, LabError> {
+    pub fn open(ports: &[Port], families: &[Family]) -> Result<Vec<Listening>, LabError> {
         let mut out = Vec::new();
         let raw_sctp = !sctp::kernel_has_sctp();
         if raw_sctp {
@@ -89,8 +90,8 @@ impl Servers {
                 .map(|p| p.port)
                 .collect();
             if !sctp_ports.is_empty() {
-                for family_v6 in [false, true].into_iter().filter(|f| !f || v6) {
-                    let r = Responder::open(sctp_ports.clone(), family_v6).map_err(|e| {
+                for family in families {
+                    let r = Responder::open(sctp_ports.clone(), *family).map_err(|e| {
                         LabError::io(format!("opening a raw SCTP socket for {sctp_ports:?}"), e)
                     })?;
                     out.push(Listening::SctpRaw(r));
@@ -101,11 +102,11 @@ impl Servers {
             .iter()
             .filter(|p| !(raw_sctp && p.proto == Protocol::Sctp))
         {
-            let mut addrs = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, port.port))];
-            if v6 {
-                addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port.port)));
-            }
-            for addr in addrs {
+            for family in families {
+                let addr = match family {
+                    Family::V4 => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port.port)),
+                    Family::V6 => SocketAddr::from((Ipv6Addr::UNSPECIFIED, port.port)),
+                };
                 let what = |e| LabError::io(format!("listening on {addr} ({})", port.proto), e);
                 out.push(listen(addr, port.proto).map_err(what)?);
             }

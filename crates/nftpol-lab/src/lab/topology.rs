@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{LabError, Netns};
+use nftpol::net::Family;
 use nftpol::nft::Nft;
 
 /// The bridge every pod of a node is plugged into, as Flannel names it.
@@ -157,13 +158,15 @@ impl Node {
     /// The syncer `nftpol run` would keep in this node: element updates
     /// over netlink, the rest through `nft`.
     pub fn syncer(&self, table: &str) -> Result<nftpol::nft::Syncer, LabError> {
-        Ok(nftpol::nft::Syncer::new(self.nft(), table).with_netlink(self.netns.netlink()?))
+        let transport = nftpol::nft::NetlinkDiffs::new(self.netns.netlink()?, self.nft());
+        Ok(nftpol::nft::Syncer::new(transport, table))
     }
 
     /// Starts servers on `ports` (TCP, UDP, SCTP) in the node's namespace
     /// (on every address).
     pub fn serve(&self, ports: &[super::Port]) -> Result<(), LabError> {
-        self.netns.serve(ports, self.config.bridge_v6.is_some())
+        self.netns
+            .serve(ports, families(self.config.bridge_v6.is_some()))
     }
 
     /// `conntrack -F` in the node's namespace.
@@ -272,6 +275,15 @@ impl Pod {
     /// Starts servers on `ports` (TCP, UDP, SCTP) on all of the pod's
     /// addresses, until the pod is dropped (see [`Netns::serve`]).
     pub fn serve(&self, ports: &[super::Port]) -> Result<(), LabError> {
-        self.netns.serve(ports, self.ipv6.is_some())
+        self.netns.serve(ports, families(self.ipv6.is_some()))
+    }
+}
+
+/// IPv4, and IPv6 when `dual_stack`.
+fn families(dual_stack: bool) -> &'static [Family] {
+    if dual_stack {
+        &Family::BOTH
+    } else {
+        &[Family::V4]
     }
 }

@@ -11,6 +11,7 @@ use super::plan::Plan;
 use super::policy::{Direction, Severity};
 use super::snapshot::{ObjectKey, PodInfo, Protocol, Snapshot};
 use super::{Compiled, Decision, compile};
+use crate::net::Family;
 
 /// The verdict and the reasons, as text for people.
 #[derive(Clone, Debug)]
@@ -149,9 +150,9 @@ fn owned(inc: &Incremental, pod: &PodInfo) -> Result<Vec<IpAddr>, String> {
 }
 
 fn pick_pair(a: &[IpAddr], b: &[IpAddr]) -> Option<(IpAddr, IpAddr)> {
-    for v4 in [true, false] {
-        let x = a.iter().find(|ip| ip.is_ipv4() == v4);
-        let y = b.iter().find(|ip| ip.is_ipv4() == v4);
+    for family in Family::BOTH {
+        let x = a.iter().find(|ip| Family::of(**ip) == family);
+        let y = b.iter().find(|ip| Family::of(**ip) == family);
         if let (Some(x), Some(y)) = (x, y) {
             return Some((*x, *y));
         }

@@ -50,7 +50,8 @@ use super::policy::{
 use super::snapshot::{
     Labels, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Protocol, Snapshot,
 };
-use super::{Compiled, describe_pods, merge_ports, pods_peer_key, ranges, set_id};
+use super::{Compiled, describe_pods, merge_ports, pods_peer_key, set_id};
+use crate::net::ranges;
 
 /// The identity under which a NetworkPolicy is compiled and reported
 /// (`default` stands in for a missing namespace, as in [`parse_policy`]).

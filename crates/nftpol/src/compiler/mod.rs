@@ -16,7 +16,6 @@ pub mod explain;
 pub mod incremental;
 pub mod plan;
 pub mod policy;
-pub mod ranges;
 pub mod snapshot;
 mod trace;
 

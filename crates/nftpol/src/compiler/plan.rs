@@ -7,8 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::policy::Direction;
-use super::snapshot::{ObjectKey, Protocol};
+// The plan's vocabulary, so that a reader of the plan (`nft`) needs
+// nothing else of the compiler: directions and object keys are the
+// compiler's; protocols and address ranges are the ground floor's.
+pub use super::policy::Direction;
+pub use super::snapshot::ObjectKey;
+pub use crate::net::{IpRange, Protocol};
 
 /// Identifies a shared set in the plan. Stable for the same content key, so
 /// that successive plans name the same set the same way.
@@ -63,13 +67,6 @@ pub struct Match {
 pub struct PolicyChain {
     pub id: PolicyId,
     pub matches: Vec<Match>,
-}
-
-/// An inclusive address range within one family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpRange {
-    pub start: IpAddr,
-    pub end: IpAddr,
 }
 
 /// Contents of an address set.

@@ -34,6 +34,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::{Nft, NftError};
+use crate::net::Family;
 
 /// A port of a pod bridge as the kernel shows it: its name (what nft's
 /// `iifname` sees), its ifindex and the addresses configured on its peer.
@@ -164,7 +165,7 @@ impl Guard {
             self.ports.iter().map(quoted),
         );
         // `"port" . address`, and what to do next with a frame from it.
-        let pairs = |v6: bool| {
+        let pairs = |family: Family| {
             self.bound.iter().flat_map(move |(port, addrs)| {
                 let next = if self.isolated_eg.contains(port) {
                     "goto isolated-from-pod"
@@ -173,13 +174,23 @@ impl Guard {
                 };
                 addrs
                     .iter()
-                    .filter(move |a| a.is_ipv6() == v6)
+                    .filter(move |a| Family::of(**a) == family)
                     .map(move |a| (format!("{} . {a}", quoted(port)), next))
             })
         };
-        let keys = |v6| pairs(v6).map(|(pair, _)| pair);
-        set(&mut out, "port-addrs-4", "ifname . ipv4_addr", keys(false));
-        set(&mut out, "port-addrs-6", "ifname . ipv6_addr", keys(true));
+        let keys = |family| pairs(family).map(|(pair, _)| pair);
+        set(
+            &mut out,
+            "port-addrs-4",
+            "ifname . ipv4_addr",
+            keys(Family::V4),
+        );
+        set(
+            &mut out,
+            "port-addrs-6",
+            "ifname . ipv6_addr",
+            keys(Family::V6),
+        );
         set(
             &mut out,
             "isolated-in",
@@ -189,19 +200,19 @@ impl Guard {
         // The same pairs with their verdicts, so that an IP frame from a
         // pod costs one lookup: on to the inet table, or first through the
         // checks of an egress-isolated pod.
-        let verdicts = |v6| pairs(v6).map(|(pair, next)| format!("{pair} : {next}"));
+        let verdicts = |family| pairs(family).map(|(pair, next)| format!("{pair} : {next}"));
         out.push_str(ISOLATED_FROM_POD);
         map(
             &mut out,
             "from-port-4",
             "ifname . ipv4_addr",
-            verdicts(false),
+            verdicts(Family::V4),
         );
         map(
             &mut out,
             "from-port-6",
             "ifname . ipv6_addr",
-            verdicts(true),
+            verdicts(Family::V6),
         );
         out.push_str(CHAINS);
         out.push_str("}\n");

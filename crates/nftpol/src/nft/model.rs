@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::compiler::{IpRange, Protocol};
+use crate::net::{Family, IpRange, Protocol};
 
 /// Key type of a set or map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,8 +21,27 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    pub fn is_v6(self) -> bool {
-        matches!(self, KeyType::Ipv6 | KeyType::Tuple6)
+    pub fn family(self) -> Family {
+        match self {
+            KeyType::Ipv4 | KeyType::Tuple4 => Family::V4,
+            KeyType::Ipv6 | KeyType::Tuple6 => Family::V6,
+        }
+    }
+
+    /// The address-only key of `family`.
+    pub fn addr(family: Family) -> KeyType {
+        match family {
+            Family::V4 => KeyType::Ipv4,
+            Family::V6 => KeyType::Ipv6,
+        }
+    }
+
+    /// The `address . protocol . port` key of `family`.
+    pub fn tuple(family: Family) -> KeyType {
+        match family {
+            Family::V4 => KeyType::Tuple4,
+            Family::V6 => KeyType::Tuple6,
+        }
     }
 }
 
@@ -130,13 +149,13 @@ pub enum Cond {
     Icmpv6Discovery,
     /// `ip saddr @set` / `ip6 daddr @set`
     AddrIn {
-        v6: bool,
+        family: Family,
         field: AddrField,
         set: String,
     },
     /// `ip saddr . meta l4proto . th dport @set` / `ip6 daddr . ...`
     TupleIn {
-        v6: bool,
+        family: Family,
         field: AddrField,
         set: String,
     },
@@ -150,7 +169,7 @@ pub enum Action {
     Jump(String),
     /// `ip saddr vmap @map`: dispatch to a pod chain by address.
     Dispatch {
-        v6: bool,
+        family: Family,
         field: AddrField,
         map: String,
     },

@@ -294,7 +294,7 @@ fn update_region(
     {
         return Some(());
     }
-    let v6 = new.sets[names[0]].key.is_v6();
+    let family = new.sets[names[0]].key.family();
     let had: BTreeSet<Elem> = names
         .iter()
         .flat_map(|n| old.sets[*n].elements.iter().cloned())
@@ -303,7 +303,7 @@ fn update_region(
         .iter()
         .flat_map(|n| new.sets[*n].elements.iter().cloned())
         .collect();
-    let u = region::update(v6, &had, &want);
+    let u = region::update(family, &had, &want);
     let mut gone: BTreeMap<&String, Vec<Elem>> = BTreeMap::new();
     for e in u.gone {
         let holder = names.iter().find(|n| old.sets[**n].elements.contains(&e))?;

@@ -18,8 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::compiler::ranges::{from_u128, to_u128};
-use crate::compiler::{IpRange, Protocol};
+use crate::net::{Family, IpRange, Protocol, from_u128, to_u128};
 
 use super::model::Elem;
 
@@ -85,23 +84,23 @@ type Key = Option<Protocol>;
 type Classes = Vec<(u16, u16, Vec<Span>)>;
 
 /// One family's region in canonical form.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Region {
-    v6: bool,
+    family: Family,
     keys: BTreeMap<Key, Classes>,
 }
 
 /// Collects pieces of a region in any order, overlaps allowed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Builder {
-    v6: bool,
+    family: Family,
     pieces: BTreeMap<Key, BTreeMap<(u16, u16), Vec<Span>>>,
 }
 
 impl Builder {
-    pub fn new(v6: bool) -> Self {
+    pub fn new(family: Family) -> Self {
         Self {
-            v6,
+            family,
             pieces: BTreeMap::new(),
         }
     }
@@ -167,7 +166,10 @@ impl Builder {
                 keys.insert(key, classes);
             }
         }
-        Region { v6: self.v6, keys }
+        Region {
+            family: self.family,
+            keys,
+        }
     }
 }
 
@@ -188,7 +190,7 @@ fn push_class(classes: &mut Classes, lo: u16, hi: u16, spans: Vec<Span>) {
 }
 
 /// An element as (key, ports, span), or `None` for another family.
-fn split(e: &Elem, v6: bool) -> Option<(Key, (u16, u16), Span)> {
+fn split(e: &Elem, family: Family) -> Option<(Key, (u16, u16), Span)> {
     let (key, ports, start, end) = match e {
         Elem::Addr(ip) => (None, (0, 0), *ip, *ip),
         Elem::Range(a, b) => (None, (0, 0), *a, *b),
@@ -198,14 +200,14 @@ fn split(e: &Elem, v6: bool) -> Option<(Key, (u16, u16), Span)> {
             ports,
         } => (Some(*proto), *ports, addrs.start, addrs.end),
     };
-    (start.is_ipv6() == v6).then(|| (key, ports, (to_u128(start), to_u128(end))))
+    (Family::of(start) == family).then(|| (key, ports, (to_u128(start), to_u128(end))))
 }
 
 impl Region {
-    pub fn from_elems<'a>(v6: bool, elems: impl IntoIterator<Item = &'a Elem>) -> Region {
-        let mut b = Builder::new(v6);
+    pub fn from_elems<'a>(family: Family, elems: impl IntoIterator<Item = &'a Elem>) -> Region {
+        let mut b = Builder::new(family);
         for e in elems {
-            if let Some((key, ports, span)) = split(e, v6) {
+            if let Some((key, ports, span)) = split(e, family) {
                 b.add(key, ports, &[span]);
             }
         }
@@ -224,13 +226,13 @@ impl Region {
 
     /// [`elems`](Self::elems) one by one.
     pub fn iter_elems(&self) -> impl Iterator<Item = Elem> + '_ {
-        let v4 = !self.v6;
+        let family = self.family;
         self.keys.iter().flat_map(move |(key, classes)| {
             classes.iter().flat_map(move |(lo, hi, spans)| {
                 spans.iter().map(move |&(a, b)| {
                     let addrs = IpRange {
-                        start: from_u128(a, v4),
-                        end: from_u128(b, v4),
+                        start: from_u128(a, family),
+                        end: from_u128(b, family),
                     };
                     match key {
                         None if a == b => Elem::Addr(addrs.start),
@@ -248,7 +250,7 @@ impl Region {
 
     /// Whether the element lies wholly inside the region.
     pub fn contains(&self, e: &Elem) -> bool {
-        let Some((key, (lo, hi), span)) = split(e, self.v6) else {
+        let Some((key, (lo, hi), span)) = split(e, self.family) else {
             return false;
         };
         let Some(classes) = self.keys.get(&key) else {
@@ -312,7 +314,10 @@ impl Region {
                 keys.insert(*key, classes);
             }
         }
-        Region { v6: self.v6, keys }
+        Region {
+            family: self.family,
+            keys,
+        }
     }
 }
 
@@ -329,14 +334,14 @@ pub struct Update {
 
 /// The least-touching update of one family's interval set: see the module
 /// documentation.
-pub fn update(v6: bool, applied: &BTreeSet<Elem>, want: &BTreeSet<Elem>) -> Update {
+pub fn update(family: Family, applied: &BTreeSet<Elem>, want: &BTreeSet<Elem>) -> Update {
     if applied == want {
         return Update {
             now: want.clone(),
             ..Update::default()
         };
     }
-    let wanted = Region::from_elems(v6, want);
+    let wanted = Region::from_elems(family, want);
     let (kept, gone): (BTreeSet<Elem>, Vec<Elem>) = {
         let mut kept = BTreeSet::new();
         let mut gone = Vec::new();
@@ -349,7 +354,7 @@ pub fn update(v6: bool, applied: &BTreeSet<Elem>, want: &BTreeSet<Elem>) -> Upda
         }
         (kept, gone)
     };
-    let added = wanted.subtract(&Region::from_elems(v6, &kept)).elems();
+    let added = wanted.subtract(&Region::from_elems(family, &kept)).elems();
     let mut now = kept;
     now.extend(added.iter().cloned());
     Update { gone, added, now }
@@ -379,7 +384,7 @@ mod tests {
 
     #[test]
     fn overlapping_port_ranges_are_cut_where_their_peers_differ() {
-        let mut b = Builder::new(false);
+        let mut b = Builder::new(Family::V4);
         b.ports(Protocol::Tcp, 80, 90, &[span("10.0.0.1", "10.0.0.1")]);
         b.ports(Protocol::Tcp, 85, 85, &[span("10.0.0.2", "10.0.0.2")]);
         let got: BTreeSet<Elem> = b.build().elems().into_iter().collect();
@@ -394,7 +399,7 @@ mod tests {
 
     #[test]
     fn neighbouring_hosts_become_one_range_and_neighbouring_ports_one_interval() {
-        let mut b = Builder::new(false);
+        let mut b = Builder::new(Family::V4);
         for host in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
             b.ports(Protocol::Udp, 53, 53, &[span(host, host)]);
             b.ports(Protocol::Udp, 54, 60, &[span(host, host)]);
@@ -409,7 +414,7 @@ mod tests {
     fn an_addition_keeps_every_applied_element() {
         let applied: BTreeSet<Elem> = [bx("10.0.0.1", "10.0.0.4", Protocol::Tcp, 80, 80)].into();
         let want: BTreeSet<Elem> = [bx("10.0.0.1", "10.0.0.5", Protocol::Tcp, 79, 80)].into();
-        let u = update(false, &applied, &want);
+        let u = update(Family::V4, &applied, &want);
         assert!(u.gone.is_empty(), "{u:?}");
         assert_eq!(
             u.added.iter().cloned().collect::<BTreeSet<_>>(),
@@ -420,8 +425,8 @@ mod tests {
             .into()
         );
         assert_eq!(
-            Region::from_elems(false, &u.now),
-            Region::from_elems(false, &want)
+            Region::from_elems(Family::V4, &u.now),
+            Region::from_elems(Family::V4, &want)
         );
     }
 
@@ -433,7 +438,7 @@ mod tests {
             Elem::Range(ip("10.0.0.11"), ip("10.0.0.255")),
         ]
         .into();
-        let u = update(false, &applied, &want);
+        let u = update(Family::V4, &applied, &want);
         assert_eq!(u.gone, [Elem::Range(ip("10.0.0.0"), ip("10.0.0.255"))]);
         assert_eq!(u.now, want);
     }
@@ -481,7 +486,7 @@ mod tests {
         }
 
         fn build(pieces: &[Piece]) -> Region {
-            let mut b = Builder::new(false);
+            let mut b = Builder::new(Family::V4);
             for p in pieces {
                 b.add(p.key, p.ports, &[p.span]);
             }
@@ -489,7 +494,7 @@ mod tests {
         }
 
         fn elem_holds(e: &Elem, key: Key, a: u128, port: u16) -> bool {
-            let (k, (lo, hi), (s, t)) = split(e, false).expect("v4");
+            let (k, (lo, hi), (s, t)) = split(e, Family::V4).expect("v4");
             k == key && lo <= port && port <= hi && s <= a && a <= t
         }
 
@@ -536,7 +541,7 @@ mod tests {
                 }
                 let elems: BTreeSet<Elem> = region.elems().into_iter().collect();
                 check_elements(&elems, &region)?;
-                prop_assert_eq!(Region::from_elems(false, &elems), region);
+                prop_assert_eq!(Region::from_elems(Family::V4, &elems), region);
             }
 
             #[test]
@@ -544,11 +549,11 @@ mod tests {
                 steps in proptest::collection::vec(proptest::collection::vec(piece(), 0..10), 1..6),
             ) {
                 let mut applied: BTreeSet<Elem> = BTreeSet::new();
-                let mut before = Region::default();
+                let mut before = Region::from_elems(Family::V4, &BTreeSet::new());
                 for pieces in steps {
                     let region = build(&pieces);
                     let want: BTreeSet<Elem> = region.elems().into_iter().collect();
-                    let u = update(false, &applied, &want);
+                    let u = update(Family::V4, &applied, &want);
                     check_elements(&u.now, &region)?;
                     for g in &u.gone {
                         prop_assert!(applied.contains(g), "deleted {g:?}, never applied");

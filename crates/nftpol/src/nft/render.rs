@@ -43,10 +43,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 
 use crate::compiler::plan::{
-    AddrSet, AddrSetKind, Match, PodChain, PolicyChain, PolicyId, PortSet, SetId,
+    AddrSet, AddrSetKind, Direction, Match, ObjectKey, Plan, PodChain, PolicyChain, PolicyId,
+    PortMatch, PortSet, SetId,
 };
-use crate::compiler::ranges::to_u128;
-use crate::compiler::{Direction, ObjectKey, Plan, PortMatch};
+use crate::net::{Family, to_u128};
 
 use super::model::{
     Action, AddrField, Cond, Elem, Hook, KeyType, NftChain, NftMap, NftRule, NftSet, Part, Ruleset,
@@ -77,14 +77,14 @@ fn dir_tag(d: Direction) -> &'static str {
     }
 }
 
-pub fn dispatch_map(d: Direction, v6: bool) -> String {
-    format!("dispatch-{}-{}", dir_tag(d), if v6 { 6 } else { 4 })
+pub fn dispatch_map(d: Direction, family: Family) -> String {
+    format!("dispatch-{}-{}", dir_tag(d), family.number())
 }
 
 /// The addresses of the pods isolated in one direction (the dispatch map's
 /// keys): what falls through a pod chain is dropped by them.
-pub fn isolated_set(d: Direction, v6: bool) -> String {
-    format!("isolated-{}-{}", dir_tag(d), if v6 { 6 } else { 4 })
+pub fn isolated_set(d: Direction, family: Family) -> String {
+    format!("isolated-{}-{}", dir_tag(d), family.number())
 }
 
 /// `head` as is when short enough, else its start and a hash of the whole.
@@ -126,7 +126,7 @@ type Parts = BTreeMap<Part, Arc<BTreeSet<Elem>>>;
 /// compiler keeps as the same `Arc` while unchanged).
 #[derive(Debug, Default)]
 pub struct Renderer {
-    lists: HashMap<(String, bool), (Inputs, Parts)>,
+    lists: HashMap<(String, Family), (Inputs, Parts)>,
 }
 
 /// What one allow-list was merged from. The sets are held weakly: a
@@ -232,8 +232,8 @@ impl Renderer {
     pub fn render(&mut self, plan: &Plan, table: &str) -> Ruleset {
         let mut seen = std::collections::HashSet::new();
         let mut peers: Option<PeerSets> = None;
-        let rs = render_with(plan, table, |name, pod, v6| {
-            let key = (name.to_string(), v6);
+        let rs = render_with(plan, table, |name, pod, family| {
+            let key = (name.to_string(), family);
             seen.insert(key.clone());
             if let Some((inputs, parts)) = self.lists.get(&key)
                 && inputs.unchanged(plan, pod)
@@ -242,7 +242,7 @@ impl Renderer {
             }
             let peers = peers.get_or_insert_with(|| PeerSets::new(plan));
             peers.load(pod);
-            let parts = allow_list(plan, peers, pod, v6);
+            let parts = allow_list(plan, peers, pod, family);
             self.lists
                 .insert(key, (Inputs::of(plan, pod), parts.clone()));
             parts
@@ -255,7 +255,7 @@ impl Renderer {
 fn render_with(
     plan: &Plan,
     table: &str,
-    mut lists: impl FnMut(&str, &PodChain, bool) -> Parts,
+    mut lists: impl FnMut(&str, &PodChain, Family) -> Parts,
 ) -> Ruleset {
     let mut rs = Ruleset {
         table: table.to_string(),
@@ -264,26 +264,26 @@ fn render_with(
 
     // Skeleton: dispatch maps and base chains.
     for d in Direction::BOTH {
-        for v6 in [false, true] {
+        for family in Family::BOTH {
             rs.maps.insert(
-                dispatch_map(d, v6),
+                dispatch_map(d, family),
                 NftMap {
-                    key: if v6 { KeyType::Ipv6 } else { KeyType::Ipv4 },
+                    key: KeyType::addr(family),
                     elements: Default::default(),
                 },
             );
         }
     }
     for d in Direction::BOTH {
-        for v6 in [false, true] {
+        for family in Family::BOTH {
             let what = match d {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
             };
             rs.sets.insert(
-                isolated_set(d, v6),
+                isolated_set(d, family),
                 NftSet {
-                    key: addr_key(v6),
+                    key: KeyType::addr(family),
                     interval: false,
                     comment: format!("addresses of pods isolated for {what}"),
                     elements: Arc::default(),
@@ -301,20 +301,20 @@ fn render_with(
             rule(vec![Cond::CtEstablished], Action::Accept),
             rule(vec![Cond::Icmpv6Discovery], Action::Accept),
         ];
-        for v6 in [false, true] {
+        for family in Family::BOTH {
             rules.push(rule(
                 vec![],
                 Action::Dispatch {
-                    v6,
+                    family,
                     field,
-                    map: dispatch_map(d, v6),
+                    map: dispatch_map(d, family),
                 },
             ));
         }
         // Back from a pod chain without a verdict (it was emptied): deny.
-        for v6 in [false, true] {
+        for family in Family::BOTH {
             rules.push(rule(
-                vec![addr_cond(v6, field, &isolated_set(d, v6))],
+                vec![addr_cond(family, field, &isolated_set(d, family))],
                 Action::CountDrop,
             ));
         }
@@ -336,39 +336,39 @@ fn render_with(
             Direction::Egress => AddrField::Daddr,
         };
         let mut rules = Vec::new();
-        for v6 in [false, true] {
-            if !pod.ips.iter().any(|ip| ip.is_ipv6() == v6) {
+        for family in Family::BOTH {
+            if !pod.ips.iter().any(|ip| Family::of(*ip) == family) {
                 continue;
             }
             let pod_what = format!("{} {}", pod.pod, dir_word(pod.direction));
-            let region = pod_region_name(&name, v6);
-            let parts = lists(&name, pod, v6);
+            let region = pod_region_name(&name, family);
+            let parts = lists(&name, pod, family);
             // Cheapest and most common first: single peers on single ports.
             for (part, elements) in parts {
-                let set = pod_set_name(&name, part, v6);
+                let set = pod_set_name(&name, part, family);
                 let (key, interval, cond, what) = match part {
                     Part::Tuples => (
-                        tuple_key(v6),
+                        KeyType::tuple(family),
                         false,
-                        tuple_cond(v6, field, &set),
+                        tuple_cond(family, field, &set),
                         "peer . protocol . port",
                     ),
                     Part::Addrs => (
-                        addr_key(v6),
+                        KeyType::addr(family),
                         false,
-                        addr_cond(v6, field, &set),
+                        addr_cond(family, field, &set),
                         "peers on every port",
                     ),
                     Part::Boxes => (
-                        tuple_key(v6),
+                        KeyType::tuple(family),
                         true,
-                        tuple_cond(v6, field, &set),
+                        tuple_cond(family, field, &set),
                         "peer ranges . protocol . port ranges",
                     ),
                     Part::AddrRanges => (
-                        addr_key(v6),
+                        KeyType::addr(family),
                         true,
-                        addr_cond(v6, field, &set),
+                        addr_cond(family, field, &set),
                         "peer ranges on every port",
                     ),
                 };
@@ -389,20 +389,21 @@ fn render_with(
         rs.chains
             .insert(name.clone(), NftChain { hook: None, rules });
         for ip in &pod.ips {
-            let map = dispatch_map(pod.direction, ip.is_ipv6());
+            let family = Family::of(*ip);
+            let map = dispatch_map(pod.direction, family);
             rs.maps
                 .get_mut(&map)
                 .expect("dispatch maps are created above")
                 .elements
                 .insert(*ip, name.clone());
-            isolated[pod.direction as usize][ip.is_ipv6() as usize].insert(Elem::Addr(*ip));
+            isolated[pod.direction as usize][family.index()].insert(Elem::Addr(*ip));
         }
     }
     for d in Direction::BOTH {
-        for v6 in [false, true] {
-            let elems = std::mem::take(&mut isolated[d as usize][v6 as usize]);
+        for family in Family::BOTH {
+            let elems = std::mem::take(&mut isolated[d as usize][family.index()]);
             rs.sets
-                .get_mut(&isolated_set(d, v6))
+                .get_mut(&isolated_set(d, family))
                 .expect("isolated sets are created above")
                 .elements = Arc::new(elems);
         }
@@ -432,40 +433,32 @@ fn short_comment(s: String) -> String {
 }
 
 /// `CHAIN.tuples4`, `CHAIN.ranges6`, ...: the sets of one pod chain.
-pub fn pod_set_name(chain: &str, part: Part, v6: bool) -> String {
+pub fn pod_set_name(chain: &str, part: Part, family: Family) -> String {
     let part = match part {
         Part::Tuples => "tuples",
         Part::Addrs => "addrs",
         Part::Boxes => "boxes",
         Part::AddrRanges => "ranges",
     };
-    format!("{chain}.{part}{}", if v6 { 6 } else { 4 })
+    format!("{chain}.{part}{}", family.number())
 }
 
 /// The region a pod chain's sets of one family hold between them.
-fn pod_region_name(chain: &str, v6: bool) -> String {
-    format!("{chain}.{}", if v6 { 6 } else { 4 })
+fn pod_region_name(chain: &str, family: Family) -> String {
+    format!("{chain}.{}", family.number())
 }
 
-fn addr_key(v6: bool) -> KeyType {
-    if v6 { KeyType::Ipv6 } else { KeyType::Ipv4 }
-}
-
-fn tuple_key(v6: bool) -> KeyType {
-    if v6 { KeyType::Tuple6 } else { KeyType::Tuple4 }
-}
-
-fn addr_cond(v6: bool, field: AddrField, set: &str) -> Cond {
+fn addr_cond(family: Family, field: AddrField, set: &str) -> Cond {
     Cond::AddrIn {
-        v6,
+        family,
         field,
         set: set.to_string(),
     }
 }
 
-fn tuple_cond(v6: bool, field: AddrField, set: &str) -> Cond {
+fn tuple_cond(family: Family, field: AddrField, set: &str) -> Cond {
     Cond::TupleIn {
-        v6,
+        family,
         field,
         set: set.to_string(),
     }
@@ -512,7 +505,7 @@ impl<'a> PeerSets<'a> {
                 // In order, each family apart: merged as they come.
                 for ip in h {
                     let n = to_u128(*ip);
-                    let fam = &mut fams[ip.is_ipv6() as usize];
+                    let fam = &mut fams[Family::of(*ip).index()];
                     match fam.last_mut() {
                         Some(last) if n <= last.1.saturating_add(1) => last.1 = last.1.max(n),
                         _ => fam.push((n, n)),
@@ -522,7 +515,7 @@ impl<'a> PeerSets<'a> {
             }
             AddrSetKind::Ranges(r) => {
                 for r in r {
-                    fams[r.start.is_ipv6() as usize].push((to_u128(r.start), to_u128(r.end)));
+                    fams[Family::of(r.start).index()].push((to_u128(r.start), to_u128(r.end)));
                 }
                 fams.map(normalize)
             }
@@ -531,16 +524,16 @@ impl<'a> PeerSets<'a> {
 
     /// A line's peers in one family: every address when it names none, and
     /// nothing when its set is unknown (as [`Plan::decide`] reads it).
-    fn of(&self, peer: Option<&SetId>, v6: bool) -> &[Span] {
+    fn of(&self, peer: Option<&SetId>, family: Family) -> &[Span] {
         const ALL4: [Span; 1] = [(0, u32::MAX as u128)];
         const ALL6: [Span; 1] = [(0, u128::MAX)];
-        match peer {
-            None if v6 => &ALL6,
-            None => &ALL4,
-            Some(id) => self
+        match (peer, family) {
+            (None, Family::V4) => &ALL4,
+            (None, Family::V6) => &ALL6,
+            (Some(id), _) => self
                 .spans
                 .get(id.as_str())
-                .map_or(&[], |f| f[v6 as usize].as_slice()),
+                .map_or(&[], |f| f[family.index()].as_slice()),
         }
     }
 }
@@ -549,8 +542,8 @@ impl<'a> PeerSets<'a> {
 /// all the lines of all its policies: the canonical region (`nft::region`:
 /// neighbouring pods merge into ranges) split into its four parts by the
 /// shape of each element.
-fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, v6: bool) -> Parts {
-    let mut b = Builder::new(v6);
+fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, family: Family) -> Parts {
+    let mut b = Builder::new(family);
     for policy in &pod.policies {
         let id = PolicyId {
             policy: policy.clone(),
@@ -560,7 +553,7 @@ fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, v6: bool) -> Parts 
             continue;
         };
         for m in &chain.matches {
-            let spans = peers.of(m.peer.as_ref(), v6);
+            let spans = peers.of(m.peer.as_ref(), family);
             match &m.ports {
                 PortMatch::Any => b.any(spans),
                 PortMatch::Proto(p) => b.ports(*p, 0, u16::MAX, spans),
@@ -573,12 +566,15 @@ fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, v6: bool) -> Parts 
                     let Some(set) = plan.port_sets.get(set) else {
                         continue;
                     };
-                    let family = set.elements.iter().filter(|(ip, _, _)| ip.is_ipv6() == v6);
+                    let named = set
+                        .elements
+                        .iter()
+                        .filter(|(ip, _, _)| Family::of(*ip) == family);
                     match pod.direction {
                         // The name is resolved on the pod itself, the
                         // destination.
                         Direction::Ingress => {
-                            for (ip, proto, port) in family {
+                            for (ip, proto, port) in named {
                                 if pod.ips.contains(ip) {
                                     b.ports(*proto, *port, *port, spans);
                                 }
@@ -586,7 +582,7 @@ fn allow_list(plan: &Plan, peers: &PeerSets, pod: &PodChain, v6: bool) -> Parts 
                         }
                         // On each destination peer that has it.
                         Direction::Egress => {
-                            for (ip, proto, port) in family {
+                            for (ip, proto, port) in named {
                                 if covers(spans, (to_u128(*ip), to_u128(*ip))) {
                                     let n = to_u128(*ip);
                                     b.ports(*proto, *port, *port, &[(n, n)]);
@@ -619,7 +615,7 @@ fn rule(conds: Vec<Cond>, action: Action) -> NftRule {
 /// Addresses in a rendered ruleset, for tests and explanations.
 pub fn dispatch_targets(rs: &Ruleset, d: Direction, ip: IpAddr) -> Option<&String> {
     rs.maps
-        .get(&dispatch_map(d, ip.is_ipv6()))?
+        .get(&dispatch_map(d, Family::of(ip)))?
         .elements
         .get(&ip)
 }
@@ -644,7 +640,7 @@ mod tests {
         assert!(chain.len() <= MAX_NAME, "{chain}");
         assert!(nft_identifier(&chain), "{chain}");
         for part in Part::ALL {
-            let set = pod_set_name(&chain, part, true);
+            let set = pod_set_name(&chain, part, Family::V6);
             assert!(nft_identifier(&set), "{set}");
         }
         let other = ObjectKey::new("a".repeat(63), format!("web-{}y", "x".repeat(239)));

@@ -48,7 +48,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
-use crate::nft::{Netlink, Nft, Syncer};
+use crate::nft::{Netlink, NetlinkDiffs, Nft, Syncer};
 use store::{Changes, MapKey, PodKey, Store, Trim, parse_rv};
 
 pub use status::SyncStatus;
@@ -488,18 +488,23 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     shared.record_node_check(node::check(cfg.netns.as_deref()));
-    let mut syncer = Syncer::new(cfg.nft.clone(), cfg.table.clone());
-    if let Some(at) = &cfg.netlink {
-        let socket = Netlink::open(at.netns.as_deref()).map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (the socket incremental changes go over; --changes-via=nft sends them through nft instead)"
+    let syncer = match &cfg.netlink {
+        Some(at) => {
+            let socket = Netlink::open(at.netns.as_deref()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (the socket incremental changes go over; --changes-via=nft sends them through nft instead)"
+                )
+            })?;
+            info!(
+                "incremental changes go over nftpol's nf_tables netlink socket; full replacements of the table through nft"
+            );
+            Syncer::new(
+                NetlinkDiffs::new(socket, cfg.nft.clone()),
+                cfg.table.clone(),
             )
-        })?;
-        syncer = syncer.with_netlink(socket);
-        info!(
-            "incremental changes go over nftpol's nf_tables netlink socket; full replacements of the table through nft"
-        );
-    }
+        }
+        None => Syncer::new(cfg.nft.clone(), cfg.table.clone()),
+    };
     let stale_flows = match flows::StaleFlows::open(cfg.netns.as_deref()) {
         Ok(flows) => Some(flows),
         Err(e) => {

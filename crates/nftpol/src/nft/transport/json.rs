@@ -18,12 +18,11 @@ use nftables::stmt::{Counter, JumpTarget, Match, Operator, Statement, VerdictMap
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::{Value, json};
 
-use crate::compiler::IpRange;
-use crate::compiler::ranges::as_prefix;
+use crate::net::{Family, IpRange, as_prefix};
 
-use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet};
-use super::ops::Op;
 use super::text::ND_TYPES;
+use crate::nft::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet};
+use crate::nft::ops::Op;
 
 const FAMILY: NfFamily = NfFamily::INet;
 
@@ -40,9 +39,9 @@ fn payload(protocol: &str, field: &str) -> Expression<'static> {
     )))
 }
 
-fn addr_payload(v6: bool, f: AddrField) -> Expression<'static> {
+fn addr_payload(family: Family, f: AddrField) -> Expression<'static> {
     payload(
-        if v6 { "ip6" } else { "ip" },
+        super::text::fam(family),
         match f {
             AddrField::Saddr => "saddr",
             AddrField::Daddr => "daddr",
@@ -91,10 +90,12 @@ fn cond(c: &Cond) -> Statement<'static> {
                 ND_TYPES.iter().map(|t| SetItem::Element(s(*t))).collect(),
             )),
         ),
-        Cond::AddrIn { v6, field, set } => eq(addr_payload(*v6, *field), s(format!("@{set}"))),
-        Cond::TupleIn { v6, field, set } => eq(
+        Cond::AddrIn { family, field, set } => {
+            eq(addr_payload(*family, *field), s(format!("@{set}")))
+        }
+        Cond::TupleIn { family, field, set } => eq(
             Expression::Named(NamedExpression::Concat(vec![
-                addr_payload(*v6, *field),
+                addr_payload(*family, *field),
                 meta_l4proto(),
                 payload("th", "dport"),
             ])),
@@ -121,8 +122,8 @@ fn statements(r: &NftRule) -> Vec<Statement<'static>> {
         Action::Jump(target) => out.push(Statement::Jump(JumpTarget {
             target: Cow::Owned(target.clone()),
         })),
-        Action::Dispatch { v6, field, map } => out.push(Statement::VerdictMap(VerdictMap {
-            key: addr_payload(*v6, *field),
+        Action::Dispatch { family, field, map } => out.push(Statement::VerdictMap(VerdictMap {
+            key: addr_payload(*family, *field),
             data: s(format!("@{map}")),
         })),
     }
@@ -428,6 +429,6 @@ pub fn tables_named(doc: &Value) -> Vec<String> {
 
 /// The whole ruleset as one JSON document (`nftpol compile --json`): the
 /// same batch the first sync sends.
-pub fn ruleset_json(rs: &super::model::Ruleset) -> Value {
-    batch(&rs.table, &super::ops::full(rs))
+pub fn ruleset_json(rs: &crate::nft::model::Ruleset) -> Value {
+    batch(&rs.table, &crate::nft::ops::full(rs))
 }

@@ -6,8 +6,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use super::plan::IpRange;
+use super::Family;
 
+/// An inclusive address range within one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpRange {
+    pub start: IpAddr,
+    pub end: IpAddr,
+}
+
+/// An address as a number: IPv4 in the low 32 bits.
 pub fn to_u128(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u32::from(v4) as u128,
@@ -15,11 +23,11 @@ pub fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
-pub fn from_u128(v: u128, v4: bool) -> IpAddr {
-    if v4 {
-        IpAddr::V4(Ipv4Addr::from(v as u32))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(v))
+/// The address of `family` numbered `v` (see [`to_u128`]).
+pub fn from_u128(v: u128, family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(v as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(v)),
     }
 }
 
@@ -29,10 +37,10 @@ fn bounds(net: &IpNet) -> (u128, u128) {
 
 /// `cidr` minus every net in `except`, as disjoint sorted ranges.
 pub fn subtract(cidr: &IpNet, except: &[IpNet]) -> Vec<IpRange> {
-    let v4 = matches!(cidr, IpNet::V4(_));
+    let family = Family::of(cidr.addr());
     let mut pieces = vec![bounds(cidr)];
     for e in except {
-        if matches!(e, IpNet::V4(_)) != v4 {
+        if Family::of(e.addr()) != family {
             continue;
         }
         let (es, ee) = bounds(e);
@@ -56,8 +64,8 @@ pub fn subtract(cidr: &IpNet, except: &[IpNet]) -> Vec<IpRange> {
     pieces
         .into_iter()
         .map(|(s, t)| IpRange {
-            start: from_u128(s, v4),
-            end: from_u128(t, v4),
+            start: from_u128(s, family),
+            end: from_u128(t, family),
         })
         .collect()
 }
@@ -68,7 +76,7 @@ pub fn merge(mut ranges: Vec<IpRange>) -> Vec<IpRange> {
     let mut out: Vec<IpRange> = Vec::with_capacity(ranges.len());
     for r in ranges {
         if let Some(last) = out.last_mut()
-            && last.start.is_ipv4() == r.start.is_ipv4()
+            && Family::of(last.start) == Family::of(r.start)
             && to_u128(r.start) <= to_u128(last.end).saturating_add(1)
         {
             if r.end > last.end {

@@ -3,13 +3,16 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::compiler::IpRange;
-use crate::compiler::ranges::as_prefix;
+use crate::net::{Family, IpRange, as_prefix};
 
-use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, Ruleset};
+use crate::nft::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, Ruleset};
 
-fn fam(v6: bool) -> &'static str {
-    if v6 { "ip6" } else { "ip" }
+/// The nft keyword of a family's header (`ip saddr`, `ip6 saddr`).
+pub(crate) fn fam(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
 }
 
 fn field(f: AddrField) -> &'static str {
@@ -77,11 +80,19 @@ pub(crate) fn rule_text(r: &NftRule) -> String {
             Cond::Icmpv6Discovery => {
                 format!("icmpv6 type {{ {} }} ip6 hoplimit 255", ND_TYPES.join(", "))
             }
-            Cond::AddrIn { v6, field: f, set } => format!("{} {} @{set}", fam(*v6), field(*f)),
-            Cond::TupleIn { v6, field: f, set } => {
+            Cond::AddrIn {
+                family,
+                field: f,
+                set,
+            } => format!("{} {} @{set}", fam(*family), field(*f)),
+            Cond::TupleIn {
+                family,
+                field: f,
+                set,
+            } => {
                 format!(
                     "{} {} . meta l4proto . th dport @{set}",
-                    fam(*v6),
+                    fam(*family),
                     field(*f)
                 )
             }
@@ -91,7 +102,11 @@ pub(crate) fn rule_text(r: &NftRule) -> String {
         Action::Accept => "accept".into(),
         Action::CountDrop => "counter drop".into(),
         Action::Jump(c) => format!("jump {c}"),
-        Action::Dispatch { v6, field: f, map } => format!("{} {} vmap @{map}", fam(*v6), field(*f)),
+        Action::Dispatch {
+            family,
+            field: f,
+            map,
+        } => format!("{} {} vmap @{map}", fam(*family), field(*f)),
     });
     parts.join(" ")
 }

@@ -1,56 +1,14 @@
-//! nf_tables over netlink, for incremental changes: a pod joins or leaves
-//! a selector, a policy widens an allow-list, a pod on this node becomes
-//! isolated (its chain, sets and rules appear). `nft` costs 9–16 ms per
-//! such transaction on a 10k-pod table (BENCHMARKS.md: its start, its cache
-//! of the whole table, its parser), one batch on a socket kept open well
-//! under a millisecond for elements, a few for a new pod chain.
-//!
-//! A batch is what `nft` itself sends for the same commands (read off
-//! `nft --debug=netlink` and `--debug=mnl`; `tests/netlink.rs` applies the
-//! same changes both ways and compares the kernel's listings):
-//! `NFNL_MSG_BATCH_BEGIN`, one message per op (an element list that
-//! outgrows a netlink attribute is split), `NFNL_MSG_BATCH_END`. The kernel
-//! applies it as one transaction or not at all.
-//!
-//! Element encodings, by set type:
-//! - hash sets: the key, fields of a concatenation each padded to 4 bytes;
-//! - `ipv4_addr` / `ipv6_addr` interval sets (rbtree): a start element and
-//!   an end element flagged `INTERVAL_END` one past the last address; a
-//!   range that reaches the last address has no end element (the start is
-//!   marked open, as nft marks it);
-//! - concatenated interval sets (pipapo): the first and last key, inclusive
-//!   (`NFTA_SET_ELEM_KEY`, `NFTA_SET_ELEM_KEY_END`);
-//! - verdict maps: the address and `jump CHAIN`.
-//!
-//! Sets carry nft's key type, field lengths and user data (so that
-//! `nft list` shows them as nft made them); rules are the expressions nft
-//! makes of a pod chain's rules (`meta nfproto` dependency, payload and
-//! meta loads, lookup, counter, verdict), appended in order. The
-//! table, the maps, the base chains and their rules are only made by a
-//! full replacement (nft text); [`carries`] tells which batches can go here.
+//! Ruleset objects and [`Op`]s → nf_tables messages: one batch, the bytes
+//! `nft` would send for the same commands (see the module above).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
-use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
-    setsockopt, socket, sockopt,
-};
-use nix::sys::time::TimeVal;
-
-use super::exec::NftError;
-use super::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet, Ruleset};
-use super::ops::Op;
-
-pub(crate) const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-pub(crate) const NLA_F_NESTED: u16 = 0x8000;
+use super::super::NftError;
+use super::wire::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Writer};
+use crate::net::Family;
+use crate::nft::model::{Action, AddrField, Cond, Elem, KeyType, NftRule, NftSet};
+use crate::nft::ops::Op;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -63,7 +21,6 @@ const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NLM_F_APPEND: u16 = 0x800;
 
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -140,10 +97,6 @@ const UDATA_INTERVAL_OPEN: [u8; 6] = [1, 4, 1, 0, 0, 0];
 /// u16. Larger lists are split over several messages of the same batch.
 const LIST_LIMIT: usize = 60_000;
 
-/// How long to wait for the kernel's answer (it answers before `send`
-/// returns; this only bounds a kernel that does not).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Whether every op of a batch can go over netlink: element updates, and
 /// the sets, regular chains and pod-chain rules an incremental change
 /// creates or removes. The table, maps, base chains and their rules are
@@ -184,21 +137,21 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn last_command_seq(&self) -> u32 {
+    pub(super) fn last_command_seq(&self) -> u32 {
         self.first_seq.wrapping_add(self.owners.len() as u32)
     }
 
-    fn end_seq(&self) -> u32 {
+    pub(super) fn end_seq(&self) -> u32 {
         self.last_command_seq().wrapping_add(1)
     }
 
     /// The op a reply with sequence number `seq` is about.
-    fn owner(&self, seq: u32) -> Option<usize> {
+    pub(super) fn owner(&self, seq: u32) -> Option<usize> {
         let i = seq.wrapping_sub(self.first_seq).checked_sub(1)? as usize;
         self.owners.get(i).copied()
     }
 
-    fn in_batch(&self, seq: u32) -> bool {
+    pub(super) fn in_batch(&self, seq: u32) -> bool {
         seq.wrapping_sub(self.first_seq) <= self.end_seq().wrapping_sub(self.first_seq)
     }
 }
@@ -394,10 +347,9 @@ impl Encoder<'_> {
         let msg = self.start(i, NFT_MSG_NEWSET, NLM_F_CREATE);
         let id = self.set_ids.len() as u32 + 1;
         self.set_ids.insert(name.to_string(), id);
-        let (addr_type, addr_len) = if set.key.is_v6() {
-            (TYPE_IPV6_ADDR, 16)
-        } else {
-            (TYPE_IPV4_ADDR, 4)
+        let (addr_type, addr_len) = match set.key.family() {
+            Family::V4 => (TYPE_IPV4_ADDR, 4),
+            Family::V6 => (TYPE_IPV6_ADDR, 16),
         };
         let concat = matches!(set.key, KeyType::Tuple4 | KeyType::Tuple6);
         let mut flags = 0;
@@ -463,23 +415,22 @@ impl Encoder<'_> {
         let list = self.w.nest_start(NFTA_RULE_EXPRESSIONS);
         for c in &rule.conds {
             match c {
-                Cond::AddrIn { v6, field, set } => {
-                    self.family(*v6);
-                    self.addr_load(*v6, *field);
+                Cond::AddrIn { family, field, set } => {
+                    self.family(*family);
+                    self.addr_load(*family, *field);
                     self.lookup(set);
                 }
-                Cond::TupleIn { v6, field, set } => {
+                Cond::TupleIn { family, field, set } => {
                     let Some(ranges) = interval(set) else {
                         return Err(NftError::Netlink(format!(
                             "rule in {chain} looks up set {set}, which the table will not have"
                         )));
                     };
-                    self.family(*v6);
-                    self.addr_load(*v6, *field);
-                    let (proto_reg, port_reg) = if *v6 {
-                        (NFT_REG_2, NFT_REG32_05)
-                    } else {
-                        (NFT_REG32_01, NFT_REG32_02)
+                    self.family(*family);
+                    self.addr_load(*family, *field);
+                    let (proto_reg, port_reg) = match family {
+                        Family::V4 => (NFT_REG32_01, NFT_REG32_02),
+                        Family::V6 => (NFT_REG_2, NFT_REG32_05),
                     };
                     self.expr("meta", |w| {
                         w.attr_u32(2, NFT_META_L4PROTO); // NFTA_META_KEY
@@ -546,12 +497,15 @@ impl Encoder<'_> {
     }
 
     /// `meta nfproto ipv4|ipv6`: the dependency nft adds in an inet table.
-    fn family(&mut self, v6: bool) {
+    fn family(&mut self, family: Family) {
         self.expr("meta", |w| {
             w.attr_u32(2, NFT_META_NFPROTO); // KEY
             w.attr_u32(1, NFT_REG_1); // DREG
         });
-        self.cmp_eq(&[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }]);
+        self.cmp_eq(&[match family {
+            Family::V4 => NFPROTO_IPV4,
+            Family::V6 => NFPROTO_IPV6,
+        }]);
     }
 
     fn cmp_eq(&mut self, value: &[u8]) {
@@ -565,12 +519,12 @@ impl Encoder<'_> {
     }
 
     /// The source or destination address into register 1.
-    fn addr_load(&mut self, v6: bool, field: AddrField) {
-        let (offset, len) = match (v6, field) {
-            (false, AddrField::Saddr) => (12, 4),
-            (false, AddrField::Daddr) => (16, 4),
-            (true, AddrField::Saddr) => (8, 16),
-            (true, AddrField::Daddr) => (24, 16),
+    fn addr_load(&mut self, family: Family, field: AddrField) {
+        let (offset, len) = match (family, field) {
+            (Family::V4, AddrField::Saddr) => (12, 4),
+            (Family::V4, AddrField::Daddr) => (16, 4),
+            (Family::V6, AddrField::Saddr) => (8, 16),
+            (Family::V6, AddrField::Daddr) => (24, 16),
         };
         self.expr("payload", |w| {
             w.attr_u32(1, NFT_REG_1); // DREG
@@ -689,7 +643,7 @@ impl ListElem {
 /// The kernel elements of one set element: one, or two for an rbtree
 /// interval (start and end).
 fn list_elems(key: KeyType, interval: bool, e: &Elem) -> Result<[Option<ListElem>; 2], String> {
-    let family_ok = |a: IpAddr| a.is_ipv6() == key.is_v6();
+    let family_ok = |a: IpAddr| Family::of(a) == key.family();
     match (key, interval, e) {
         (KeyType::Ipv4 | KeyType::Ipv6, false, Elem::Addr(a)) if family_ok(*a) => {
             Ok([Some(ListElem::key(addr_bytes(*a))), None])
@@ -770,273 +724,10 @@ fn next_addr(a: IpAddr) -> Option<IpAddr> {
     }
 }
 
-/// Netlink message and attribute writer (native-endian headers, 4-byte
-/// alignment).
-pub(crate) struct Writer {
-    pub(crate) buf: Vec<u8>,
-}
-
-impl Writer {
-    pub(crate) fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-
-    /// `nlmsghdr` + `nfgenmsg`; returns the message's offset.
-    pub(crate) fn msg_start(
-        &mut self,
-        ty: u16,
-        flags: u16,
-        seq: u32,
-        family: u8,
-        res_id: u16,
-    ) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        self.buf.push(family);
-        self.buf.push(0); // NFNETLINK_V0
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        at
-    }
-
-    pub(crate) fn msg_end(&mut self, at: usize) {
-        self.pad();
-        let len = (self.buf.len() - at) as u32;
-        self.buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    pub(crate) fn attr(&mut self, ty: u16, payload: &[u8]) {
-        let len = u16::try_from(4 + payload.len()).expect("small attribute");
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.pad();
-    }
-
-    /// A big-endian u32, as nf_tables attributes are.
-    pub(crate) fn attr_u32(&mut self, ty: u16, v: u32) {
-        self.attr(ty, &v.to_be_bytes());
-    }
-
-    pub(crate) fn attr_str(&mut self, ty: u16, s: &str) {
-        let mut z = Vec::with_capacity(s.len() + 1);
-        z.extend_from_slice(s.as_bytes());
-        z.push(0);
-        self.attr(ty, &z);
-    }
-
-    pub(crate) fn nest_start(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-
-    pub(crate) fn nest_end(&mut self, at: usize) {
-        let len = u16::try_from(self.buf.len() - at).expect("element lists are split below 64 KiB");
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-}
-
-/// A netlink socket to nf_tables, kept open for the controller's lifetime.
-#[derive(Debug)]
-pub struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
-    sndbuf: usize,
-    buf: Vec<u8>,
-}
-
-impl Netlink {
-    /// Opens the socket in the calling thread's network namespace, or in
-    /// the one at `netns` (e.g. `/var/run/netns/NAME`). Needs CAP_NET_ADMIN
-    /// only to change the ruleset, not to open.
-    pub fn open(netns: Option<&Path>) -> Result<Self, NftError> {
-        let fd = crate::netns::in_netns(netns, open_socket).map_err(NftError::Netlink)??;
-        Ok(Self {
-            fd,
-            seq: std::process::id().wrapping_shl(16),
-            sndbuf: 0,
-            buf: vec![0; 256 * 1024],
-        })
-    }
-
-    /// Sends `ops` (see [`carries`]), which turn the table into `after`,
-    /// as one transaction and waits for the kernel's verdict.
-    pub fn apply(&mut self, after: &Ruleset, ops: &[Op]) -> Result<(), NftError> {
-        let table = after.table.as_str();
-        let interval = |set: &str| after.sets.get(set).map(|s| s.interval);
-        let batch = encode(table, ops, self.seq.wrapping_add(1), &interval)?;
-        self.seq = batch.end_seq();
-        if batch.owners.is_empty() {
-            return Ok(());
-        }
-        let fd = self.fd.as_raw_fd();
-        let need = batch.bytes.len() + 64 * 1024;
-        if need > self.sndbuf {
-            setsockopt(&self.fd, sockopt::SndBufForce, &need)
-                .or_else(|_| setsockopt(&self.fd, sockopt::SndBuf, &need))
-                .map_err(|e| io_err("setting the send buffer", e))?;
-            self.sndbuf = need;
-        }
-        let sent = send(fd, &batch.bytes, MsgFlags::empty()).map_err(|e| io_err("sending", e))?;
-        if sent != batch.bytes.len() {
-            return Err(NftError::Netlink(format!(
-                "sent {sent} of {} bytes; the kernel got no complete batch",
-                batch.bytes.len()
-            )));
-        }
-        // The kernel processes the batch inside `send` and queues every
-        // answer before it returns: errors, then the ack of the last command.
-        let mut acked = false;
-        let mut errors: Vec<(u32, i32)> = Vec::new();
-        loop {
-            let done = acked || !errors.is_empty();
-            let flags = if done {
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC
-            } else {
-                MsgFlags::MSG_TRUNC
-            };
-            let n = match recv(fd, &mut self.buf, flags) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) if done => break,
-                Err(Errno::EAGAIN) => {
-                    return Err(NftError::Netlink(format!(
-                        "no answer from the kernel within {ANSWER_TIMEOUT:?}; the table's state is unknown"
-                    )));
-                }
-                Err(e) => return Err(io_err("receiving the kernel's answer", e)),
-            };
-            if n > self.buf.len() {
-                return Err(NftError::Netlink(format!(
-                    "an answer of {n} bytes did not fit the {}-byte buffer",
-                    self.buf.len()
-                )));
-            }
-            for (seq, code) in answers(&self.buf[..n]) {
-                if !batch.in_batch(seq) {
-                    continue; // left over from an earlier batch
-                }
-                if code == 0 {
-                    acked |= seq == batch.last_command_seq();
-                } else {
-                    errors.push((seq, code));
-                }
-            }
-        }
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let described: Vec<String> = errors
-            .iter()
-            .take(5)
-            .map(|(seq, code)| {
-                let what = match batch.owner(*seq).map(|i| &ops[i]) {
-                    Some(op) => describe(op),
-                    None => "the transaction".to_string(),
-                };
-                format!("{what}: {}", Errno::from_raw(-code).desc())
-            })
-            .collect();
-        Err(NftError::Netlink(format!(
-            "the kernel refused the transaction on table inet {table} (nothing changed): {}",
-            described.join("; ")
-        )))
-    }
-}
-
-/// A bound `NETLINK_NETFILTER` socket with a receive timeout (nf_tables
-/// here; ctnetlink in [`crate::conntrack`]).
-pub(crate) fn open_socket() -> Result<OwnedFd, NftError> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )
-    .map_err(|e| io_err("opening a netlink socket", e))?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| io_err("binding", e))?;
-    let timeout = TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0);
-    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)
-        .map_err(|e| io_err("setting the receive timeout", e))?;
-    // Room for the answers of a large batch (an error echoes its message).
-    let _ = setsockopt(&fd, sockopt::RcvBufForce, &(4 << 20));
-    Ok(fd)
-}
-
-fn io_err(what: &str, e: Errno) -> NftError {
-    NftError::Netlink(format!("{what}: {}", e.desc()))
-}
-
-fn describe(op: &Op) -> String {
-    match op {
-        Op::AddElements { set, elems, .. } => format!("add {} elements to set {set}", elems.len()),
-        Op::DeleteElements { set, elems, .. } => {
-            format!("delete {} elements from set {set}", elems.len())
-        }
-        Op::AddMapEntries { map, entries } => format!("add {} entries to map {map}", entries.len()),
-        Op::DeleteMapEntries { map, keys } => {
-            format!("delete {} entries from map {map}", keys.len())
-        }
-        other => format!("{other:?}"),
-    }
-}
-
-/// The `(sequence number, error code)` of every `NLMSG_ERROR` in a datagram
-/// (code 0: an acknowledgement).
-fn answers(data: &[u8]) -> Vec<(u32, i32)> {
-    messages(data)
-        .filter_map(|m| m.error_code().map(|code| (m.seq, code)))
-        .collect()
-}
-
-/// One netlink message of a datagram.
-pub(crate) struct Message<'a> {
-    pub(crate) ty: u16,
-    pub(crate) seq: u32,
-    /// What follows the 16-byte header.
-    pub(crate) payload: &'a [u8],
-}
-
-impl Message<'_> {
-    /// The code of an `NLMSG_ERROR` (0: an acknowledgement).
-    pub(crate) fn error_code(&self) -> Option<i32> {
-        (self.ty == NLMSG_ERROR && self.payload.len() >= 4)
-            .then(|| i32::from_ne_bytes(self.payload[0..4].try_into().expect("4 bytes")))
-    }
-}
-
-/// The messages of a datagram, up to the first malformed one.
-pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
-    std::iter::from_fn(move || {
-        if data.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
-        if len < 16 || len > data.len() {
-            return None;
-        }
-        let message = Message {
-            ty: u16::from_ne_bytes([data[4], data[5]]),
-            seq: u32::from_ne_bytes(data[8..12].try_into().expect("4 bytes")),
-            payload: &data[16..len],
-        };
-        data = &data[len.next_multiple_of(4).min(data.len())..];
-        Some(message)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compiler::{IpRange, Protocol};
+    use crate::net::{IpRange, Protocol};
 
     fn v4(s: &str) -> IpAddr {
         s.parse().unwrap()
