@@ -52,18 +52,6 @@ use super::snapshot::{
 };
 use super::{Compiled, describe_pods, merge_ports, pods_peer_key, ranges, set_id};
 
-/// The identity under which a NetworkPolicy is compiled and reported
-/// (`default` stands in for a missing namespace, as in [`parse_policy`]).
-pub fn policy_key(np: &NetworkPolicy) -> ObjectKey {
-    ObjectKey::new(
-        np.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        np.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
 /// The compiler for one node, fed object by object. See the module
 /// documentation.
 pub struct Incremental {
@@ -696,7 +684,8 @@ impl Incremental {
         self.world.policies.insert(key, entry);
     }
 
-    /// A NetworkPolicy was deleted (`key` as [`policy_key`] makes it).
+    /// A NetworkPolicy was deleted (`key` as [`policy_key`](super::policy_key)
+    /// makes it).
     pub fn remove_policy(&mut self, key: &ObjectKey) {
         self.world.policies.remove(key);
     }

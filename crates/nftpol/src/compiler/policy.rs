@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -218,24 +218,24 @@ impl Policy {
     }
 }
 
+/// The identity under which a NetworkPolicy is compiled and reported
+/// ([`ObjectKey::from_meta`]: `default` stands in for a missing namespace).
+pub fn policy_key(np: &NetworkPolicy) -> ObjectKey {
+    ObjectKey::from_meta(&np.metadata)
+}
+
 /// Validates one policy. Returns `None` (with an error diagnostic) when it
 /// cannot be enforced at all (it has no name). A policy whose own
 /// podSelector cannot be read selects every pod of its namespace and allows
 /// nothing, in the directions it declares.
 pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<Policy> {
-    let key = ObjectKey::new(
-        np.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        np.metadata.name.clone().unwrap_or_default(),
-    );
-    let mut cx = Cx {
-        key: key.clone(),
-        diags,
+    let key = policy_key(np);
+    let mut findings = Findings {
+        policy: key.clone(),
+        out: diags,
     };
     if key.name.is_empty() {
-        cx.error("metadata.name", "missing; policy skipped");
+        findings.error("metadata.name", "missing; policy skipped");
         return None;
     }
     let default_spec = Default::default();
@@ -245,7 +245,7 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
         Err(e) => {
             // Fail closed: which pods it means is unknown, so it holds
             // every pod of its namespace, and what it would allow too.
-            cx.error(
+            findings.error(
                 format!("spec.podSelector{}", e.field),
                 format!(
                     "{}; cannot tell which pods it selects, so it isolates every pod of \
@@ -275,7 +275,7 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
                     "Egress" => isolates_egress = true,
                     other => {
                         unknown = true;
-                        cx.warn(
+                        findings.warn(
                             format!("spec.policyTypes[{i}]"),
                             format!(
                                 "unsupported value {other:?} (must be \"Ingress\" or \"Egress\"); \
@@ -292,49 +292,18 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
             }
         }
     }
-    let declared =
-        |t: &str| !unreadable && policy_types.is_none_or(|types| types.iter().any(|x| x == t));
-
-    let ingress = isolates_ingress.then(|| {
-        if !declared("Ingress") {
+    // A direction's rules are read only when policyTypes names it (or is
+    // absent) and the podSelector could be read: else it allows nothing.
+    let rules = |findings: &mut Findings<'_>, direction: Direction| {
+        let name = direction.to_string(); // as policyTypes spells it
+        let declared = policy_types.is_none_or(|types| types.contains(&name));
+        if unreadable || !declared {
             return Vec::new();
         }
-        let rules = spec.ingress.as_deref().unwrap_or_default();
-        rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                parse_rule(
-                    &mut cx,
-                    &format!("spec.ingress[{i}]"),
-                    i,
-                    "from",
-                    r.from.as_deref(),
-                    r.ports.as_deref(),
-                )
-            })
-            .collect()
-    });
-    let egress = isolates_egress.then(|| {
-        if !declared("Egress") {
-            return Vec::new();
-        }
-        let rules = spec.egress.as_deref().unwrap_or_default();
-        rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                parse_rule(
-                    &mut cx,
-                    &format!("spec.egress[{i}]"),
-                    i,
-                    "to",
-                    r.to.as_deref(),
-                    r.ports.as_deref(),
-                )
-            })
-            .collect()
-    });
+        parse_rules(findings, spec, direction)
+    };
+    let ingress = isolates_ingress.then(|| rules(&mut findings, Direction::Ingress));
+    let egress = isolates_egress.then(|| rules(&mut findings, Direction::Egress));
     Some(Policy {
         key,
         pod_selector,
@@ -343,16 +312,55 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
     })
 }
 
-struct Cx<'a> {
-    key: ObjectKey,
-    diags: &'a mut Vec<Diagnostic>,
+/// The rules of one direction (`spec.ingress` with peers in `from`, or
+/// `spec.egress` with peers in `to`); invalid ones are reported and left out.
+fn parse_rules(
+    findings: &mut Findings<'_>,
+    spec: &NetworkPolicySpec,
+    direction: Direction,
+) -> Vec<Rule> {
+    let (peer_field, rules): (
+        &str,
+        Vec<(Option<&[NetworkPolicyPeer]>, Option<&[NetworkPolicyPort]>)>,
+    ) = match direction {
+        Direction::Ingress => (
+            "from",
+            spec.ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                .collect(),
+        ),
+        Direction::Egress => (
+            "to",
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                .collect(),
+        ),
+    };
+    rules
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (peers, ports))| {
+            let path = format!("spec.{}[{i}]", direction.as_str());
+            parse_rule(findings, &path, i, peer_field, peers, ports)
+        })
+        .collect()
 }
 
-impl Cx<'_> {
+/// Where the findings about one policy go: each is tagged with its key.
+struct Findings<'a> {
+    policy: ObjectKey,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl Findings<'_> {
     fn push(&mut self, severity: Severity, field: impl Into<String>, message: impl Into<String>) {
-        self.diags.push(Diagnostic {
+        self.out.push(Diagnostic {
             severity,
-            policy: self.key.clone(),
+            policy: self.policy.clone(),
             field: field.into(),
             message: message.into(),
         });
@@ -379,7 +387,7 @@ fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError
 }
 
 fn parse_rule(
-    cx: &mut Cx<'_>,
+    findings: &mut Findings<'_>,
     path: &str,
     index: usize,
     peer_field: &str,
@@ -392,7 +400,7 @@ fn parse_rule(
         Some(list) => Some(
             list.iter()
                 .enumerate()
-                .filter_map(|(i, p)| match parse_peer(&cx.key.namespace, p) {
+                .filter_map(|(i, p)| match parse_peer(&findings.policy.namespace, p) {
                     Ok(peer) => Some(peer),
                     Err(e) => {
                         errors.push(field_err(
@@ -428,7 +436,7 @@ fn parse_rule(
         });
     }
     for e in errors {
-        cx.warn(
+        findings.warn(
             format!("{path}{}", e.field),
             format!("{}; this rule allows nothing", e.message),
         );

@@ -191,6 +191,15 @@ impl ObjectKey {
         }
     }
 
+    /// The identity of an API object: `default` stands in for a missing
+    /// namespace (as kubectl assumes), an empty name for a missing one.
+    pub fn from_meta(meta: &ObjectMeta) -> Self {
+        Self::new(
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
     /// Parses `ns/name`.
     pub fn parse(s: &str) -> Option<Self> {
         let (ns, name) = s.split_once('/')?;
@@ -576,10 +585,11 @@ impl PolicyObject {
 
     /// The key the compiler knows it by, as [`policy_key`](super::policy_key).
     pub fn key(&self) -> ObjectKey {
-        ObjectKey::new(
-            self.namespace.as_deref().unwrap_or("default"),
-            self.name.as_deref().unwrap_or_default(),
-        )
+        ObjectKey::from_meta(&ObjectMeta {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            ..ObjectMeta::default()
+        })
     }
 
     pub fn uid(&self) -> Option<&str> {

@@ -259,13 +259,7 @@ use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, PolicyObject, policy_ke
 impl Trim<ObjectKey, PodInfo> for Pod {
     /// As [`PodInfo::from_pod`] makes it.
     fn key(&self) -> ObjectKey {
-        ObjectKey::new(
-            self.metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            self.metadata.name.clone().unwrap_or_default(),
-        )
+        ObjectKey::from_meta(&self.metadata)
     }
     fn trim(&self, interner: &mut Interner) -> PodInfo {
         PodInfo::from_pod_in(self, interner)
