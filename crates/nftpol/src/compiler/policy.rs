@@ -12,7 +12,7 @@
 //! is matched literally, as stored, like any other.
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{
@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::{Expression, Selector};
 use regex::Regex;
 
-use super::snapshot::{LabelLookup, ObjectKey, Protocol};
+use super::snapshot::{Interner, LabelLookup, ObjectKey, Protocol};
 
 /// Traffic direction, seen from the selected pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,8 +84,14 @@ impl fmt::Display for Diagnostic {
 
 /// A validated label selector with a canonical text form (used to share sets
 /// between identical selectors).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelSel {
+///
+/// Cheap to clone: the parsed form is shared, and the policies kept by the
+/// controller share one copy of each distinct selector (an
+/// [`Interner`](super::snapshot::Interner) hands it out by its text).
+#[derive(Clone)]
+pub struct LabelSel(Arc<SelectorParts>);
+
+struct SelectorParts {
     /// kube's parsed selector, as a list: its own `matches` reads only a
     /// `BTreeMap<String, String>`, and pods keep their labels in a more
     /// compact form ([`PodLabels`](super::snapshot::PodLabels)).
@@ -93,17 +99,23 @@ pub struct LabelSel {
     canonical: String,
 }
 
+static EVERYTHING: LazyLock<LabelSel> = LazyLock::new(|| LabelSel::new(Vec::new()));
+
 impl LabelSel {
+    fn new(exprs: Vec<Expression>) -> Self {
+        Self(Arc::new(SelectorParts {
+            canonical: canonical(&exprs),
+            exprs,
+        }))
+    }
+
     pub fn everything() -> Self {
-        Self {
-            exprs: Vec::new(),
-            canonical: String::new(),
-        }
+        EVERYTHING.clone()
     }
 
     /// Whether labels match, as kube's `Selector::matches` decides it.
     pub fn matches(&self, labels: &impl LabelLookup) -> bool {
-        self.exprs.iter().all(|e| match e {
+        self.0.exprs.iter().all(|e| match e {
             Expression::In(key, values) => labels.label(key).is_some_and(|v| values.contains(v)),
             Expression::NotIn(key, values) => labels.label(key).is_none_or(|v| !values.contains(v)),
             Expression::Exists(key) => labels.label(key).is_some(),
@@ -114,7 +126,7 @@ impl LabelSel {
     }
 
     pub fn selects_all(&self) -> bool {
-        self.exprs.is_empty()
+        self.0.exprs.is_empty()
     }
 
     /// Canonical text, e.g. `app=web,tier in (a,b)`; empty for "everything".
@@ -122,16 +134,58 @@ impl LabelSel {
     /// plain label syntax is written as a JSON string (`app="a,b"`), so
     /// that no value can pass for a list of them.
     pub fn canonical(&self) -> &str {
-        &self.canonical
+        &self.0.canonical
+    }
+
+    /// Whether two selectors are one shared copy.
+    pub fn is_shared_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// How many holders share this copy.
+    pub(super) fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+}
+
+/// Selectors are equal when their canonical texts are (which determine
+/// what they select).
+impl PartialEq for LabelSel {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical() == other.canonical()
+    }
+}
+
+impl Eq for LabelSel {}
+
+/// Hashes as its canonical text, which it borrows as.
+impl std::hash::Hash for LabelSel {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.canonical().hash(h)
+    }
+}
+
+impl std::borrow::Borrow<str> for LabelSel {
+    fn borrow(&self) -> &str {
+        self.canonical()
+    }
+}
+
+impl fmt::Debug for LabelSel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LabelSel")
+            .field("exprs", &self.0.exprs)
+            .field("canonical", &self.0.canonical)
+            .finish()
     }
 }
 
 impl fmt::Display for LabelSel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.canonical.is_empty() {
+        if self.canonical().is_empty() {
             f.write_str("{}")
         } else {
-            f.write_str(&self.canonical)
+            f.write_str(self.canonical())
         }
     }
 }
@@ -210,6 +264,31 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The form kept between syncs: every selector and the key's namespace
+    /// replaced by the copy `interner` shares, every list trimmed to its
+    /// length.
+    pub fn compact(&mut self, interner: &mut Interner) {
+        self.key.namespace = interner.str(&self.key.namespace);
+        self.pod_selector = interner.selector(&self.pod_selector);
+        for rules in [&mut self.ingress, &mut self.egress].into_iter().flatten() {
+            rules.shrink_to_fit();
+            for rule in rules {
+                rule.ports.iter_mut().for_each(Vec::shrink_to_fit);
+                if let Some(peers) = &mut rule.peers {
+                    peers.shrink_to_fit();
+                    for peer in peers {
+                        if let Peer::Pods { namespaces, pods } = peer {
+                            *pods = interner.selector(pods);
+                            if let NamespaceScope::Selected(sel) = namespaces {
+                                *sel = interner.selector(sel);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     pub fn rules(&self, dir: Direction) -> Option<&[Rule]> {
         match dir {
             Direction::Ingress => self.ingress.as_deref(),
@@ -312,6 +391,12 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
     })
 }
 
+/// A rule's peers (`from` or `to`) and ports, as written.
+type RuleFields<'a> = (
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
+
 /// The rules of one direction (`spec.ingress` with peers in `from`, or
 /// `spec.egress` with peers in `to`); invalid ones are reported and left out.
 fn parse_rules(
@@ -319,10 +404,7 @@ fn parse_rules(
     spec: &NetworkPolicySpec,
     direction: Direction,
 ) -> Vec<Rule> {
-    let (peer_field, rules): (
-        &str,
-        Vec<(Option<&[NetworkPolicyPeer]>, Option<&[NetworkPolicyPort]>)>,
-    ) = match direction {
+    let (peer_field, rules): (&str, Vec<RuleFields<'_>>) = match direction {
         Direction::Ingress => (
             "from",
             spec.ingress
@@ -347,7 +429,7 @@ fn parse_rules(
             let path = format!("spec.{}[{i}]", direction.as_str());
             parse_rule(findings, &path, i, peer_field, peers, ports)
         })
-        .collect()
+        .collect::<Vec<_>>()
 }
 
 /// Where the findings about one policy go: each is tagged with its key.
@@ -633,11 +715,7 @@ fn parse_selector(sel: Option<&LabelSelector>) -> Result<LabelSel, FieldError> {
     }
     let selector = Selector::try_from(sel.clone())
         .map_err(|e| field_err("", format!("invalid selector: {}", e.0)))?;
-    let exprs: Vec<Expression> = selector.into_iter().collect();
-    Ok(LabelSel {
-        canonical: canonical(&exprs),
-        exprs,
-    })
+    Ok(LabelSel::new(selector.into_iter().collect()))
 }
 
 /// The text of a selector (kube's, with unusual values quoted).

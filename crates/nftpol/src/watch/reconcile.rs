@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -457,7 +456,7 @@ fn report_invalid(
             action: "Compile".into(),
             secondary: None,
         };
-        let reference = policy.to_policy().object_ref(&());
+        let reference = policy.object_ref();
         let recorder = recorder.clone();
         let key = key.clone();
         tokio::spawn(async move {

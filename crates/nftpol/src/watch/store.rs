@@ -286,9 +286,10 @@ impl Trim<ObjectKey, PolicyObject> for NetworkPolicy {
     fn key(&self) -> ObjectKey {
         policy_key(self)
     }
-    /// Keeps the identity and the spec (as text): see [`PolicyObject`].
-    fn trim(&self, _: &mut Interner) -> PolicyObject {
-        PolicyObject::new(self)
+    /// Validates it once, here, sharing equal selectors: see
+    /// [`PolicyObject`].
+    fn trim(&self, interner: &mut Interner) -> PolicyObject {
+        PolicyObject::new_in(self, interner)
     }
     fn resource_version(&self) -> Option<u64> {
         rv(&self.metadata)

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::owners::AddressOwners;
-use crate::compiler::policy::{Diagnostic, LabelSel, NamespaceScope, Policy, parse_policy};
+use crate::compiler::policy::{LabelSel, NamespaceScope};
 use crate::compiler::snapshot::{Labels, NamespaceInfo, ObjectKey, PodInfo, PolicyObject};
 
 /// The objects, indexed the way compilation reads them.
@@ -18,7 +18,8 @@ pub(super) struct ObjectIndex {
     pub(super) namespaces: HashMap<String, KnownNamespace>,
     /// Active pods on the node, sorted by key.
     pub(super) local: BTreeMap<ObjectKey, Arc<PodInfo>>,
-    pub(super) policies: BTreeMap<ObjectKey, PolicyEntry>,
+    /// Validated as they arrived, shared with the controller's store.
+    pub(super) policies: BTreeMap<ObjectKey, Arc<PolicyObject>>,
     /// The owner of every address of an active pod.
     pub(super) owners: AddressOwners,
 }
@@ -33,9 +34,6 @@ pub(super) struct KnownNamespace {
     pub(super) pods: HashSet<ByName>,
     /// How many of them are active.
     pub(super) active: usize,
-    /// How many of them are active on the node (its policies are kept
-    /// validated only while there is one).
-    pub(super) local: usize,
 }
 
 impl KnownNamespace {
@@ -45,7 +43,6 @@ impl KnownNamespace {
             object: None,
             pods: HashSet::new(),
             active: 0,
-            local: 0,
         }
     }
 
@@ -94,34 +91,7 @@ impl Borrow<str> for ByName {
     }
 }
 
-/// A policy as the index keeps it.
-pub(super) struct PolicyEntry {
-    pub(super) source: Arc<PolicyObject>,
-    /// The validated policy while its namespace has a pod on the node (the
-    /// only time compilation reads it); `None` otherwise, and when it
-    /// cannot be enforced at all.
-    pub(super) policy: Option<Policy>,
-    /// Kept for every policy.
-    pub(super) diagnostics: Vec<Diagnostic>,
-}
-
 impl ObjectIndex {
-    /// Validates the policies of a namespace again (`keep`), or lets their
-    /// validated form go.
-    pub(super) fn keep_validated(&mut self, ns: &str, keep: bool) {
-        let policies = self
-            .policies
-            .range_mut(ObjectKey::new(ns, "")..)
-            .take_while(|(k, _)| *k.namespace == *ns);
-        for (_, e) in policies {
-            e.policy = if keep {
-                parse_policy(&e.source.to_policy(), &mut Vec::new())
-            } else {
-                None
-            };
-        }
-    }
-
     /// The addresses of a pod that it owns.
     pub(super) fn owned_ips<'a>(&'a self, pod: &'a PodInfo) -> impl Iterator<Item = IpAddr> + 'a {
         pod.ips

@@ -6,7 +6,7 @@
 //!  upsert/remove pod ───────► address owners ──────────────────┐
 //!                             namespaces (labels, pods by name) ─┤  count the pod in or out
 //!  upsert/remove namespace ─► local active pods                  ├─ of the cached sets that
-//!  upsert/remove policy ────► policies, parsed once per spec ────┘  cover it (by the
+//!  upsert/remove policy ────► policies, validated on arrival ────┘  cover it (by the
 //!                                                                   addresses it owns)
 //!                                         │
 //!  compile(): pod chains of the local pods, policy chains, and the peer and
@@ -19,7 +19,8 @@
 //! (`tests/proptest_incremental.rs` holds it to that).
 //!
 //! What is kept:
-//! - a policy's validation, until its namespace, name or spec changes;
+//! - each policy as it was validated when it arrived (the controller's
+//!   store validates it and shares it);
 //! - the sets the last plan used, by content key (shared by every policy
 //!   naming the same selectors): a pod peer's addresses and an egress
 //!   named port's elements, each counted per covering pod, so that a pod
@@ -51,9 +52,9 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::Compiled;
-use super::policy::{Diagnostic, Policy, Severity, parse_policy};
-use super::snapshot::{NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
-use index::{ByName, KnownNamespace, ObjectIndex, PolicyEntry};
+use super::policy::{Diagnostic, Severity};
+use super::snapshot::{Interner, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
+use index::{ByName, KnownNamespace, ObjectIndex};
 use pass::CompilePass;
 use set_cache::SetCache;
 
@@ -130,12 +131,8 @@ impl Incremental {
             .expect("the pod's namespace is known");
         let node = Some(self.node.as_str());
         let is_local = |p: &PodInfo| p.is_active() && p.node.as_deref() == node;
-        let had_local = ns.local > 0;
         ns.active -= old.is_some_and(PodInfo::is_active) as usize;
         ns.active += new.is_some_and(|p| p.is_active()) as usize;
-        ns.local -= old.is_some_and(is_local) as usize;
-        ns.local += new.is_some_and(|p| is_local(p)) as usize;
-        let has_local = ns.local > 0;
 
         // Only active pods claim addresses and count in sets.
         let old = old.filter(|p| p.is_active());
@@ -186,9 +183,6 @@ impl Incremental {
         {
             index.local.insert(key.clone(), pod.clone());
         }
-        if had_local != has_local {
-            index.keep_validated(&key.namespace, has_local);
-        }
     }
 
     /// A namespace was added or changed.
@@ -233,46 +227,15 @@ impl Incremental {
         }
     }
 
-    /// A NetworkPolicy was added or changed. It is validated again only when
-    /// its spec changed.
+    /// A NetworkPolicy was added or changed: validated here.
     pub fn upsert_policy(&mut self, np: Arc<NetworkPolicy>) {
         self.upsert_policy_object(Arc::new(PolicyObject::new(&np)));
     }
 
-    /// [`upsert_policy`](Self::upsert_policy) for a policy as the
-    /// controller's store keeps it (the compiler shares it).
-    pub fn upsert_policy_object(&mut self, obj: Arc<PolicyObject>) {
-        let key = obj.key();
-        if let Some(e) = self.index.policies.get_mut(&key)
-            && (Arc::ptr_eq(&e.source, &obj) || e.source.same_spec(&obj))
-        {
-            e.source = obj;
-            return;
-        }
-        let np = obj.to_policy();
-        let mut diagnostics = Vec::new();
-        let policy = parse_policy(&np, &mut diagnostics);
-        self.insert_policy(key, obj, policy, diagnostics);
-    }
-
-    fn insert_policy(
-        &mut self,
-        key: ObjectKey,
-        source: Arc<PolicyObject>,
-        policy: Option<Policy>,
-        diagnostics: Vec<Diagnostic>,
-    ) {
-        let keep = self
-            .index
-            .namespaces
-            .get(&*key.namespace)
-            .is_some_and(|ns| ns.local > 0);
-        let entry = PolicyEntry {
-            source,
-            policy: policy.filter(|_| keep),
-            diagnostics,
-        };
-        self.index.policies.insert(key, entry);
+    /// [`upsert_policy`](Self::upsert_policy) for a policy validated
+    /// already, as the controller's store keeps it (the compiler shares it).
+    pub fn upsert_policy_object(&mut self, policy: Arc<PolicyObject>) {
+        self.index.policies.insert(policy.key().clone(), policy);
     }
 
     /// A NetworkPolicy was deleted (`key` as [`policy_key`](super::policy_key)
@@ -307,7 +270,7 @@ impl Incremental {
         self.index
             .policies
             .values()
-            .flat_map(|e| e.diagnostics.iter())
+            .flat_map(|policy| policy.diagnostics())
     }
 
     /// Compiles what the node must enforce now. Takes `&mut self` only to
@@ -335,12 +298,14 @@ pub(super) fn load(snap: &Snapshot, node: &str) -> (Incremental, Vec<Diagnostic>
         inc.upsert_pod(pod.clone());
     }
     let mut diagnostics = Vec::new();
+    let mut interner = Interner::default();
     for np in &snap.policies {
-        let mut diags = Vec::new();
-        let parsed = parse_policy(np, &mut diags);
-        diagnostics.extend(diags.iter().cloned());
+        let parsed = PolicyObject::new_in(np, &mut interner);
+        diagnostics.extend(parsed.diagnostics().iter().cloned());
         // The first valid policy of a key is used.
-        let Some(policy) = parsed else { continue };
+        let Some(policy) = parsed.policy() else {
+            continue;
+        };
         if inc.index.policies.contains_key(&policy.key) {
             diagnostics.push(Diagnostic {
                 severity: Severity::Error,
@@ -350,8 +315,7 @@ pub(super) fn load(snap: &Snapshot, node: &str) -> (Incremental, Vec<Diagnostic>
             });
             continue;
         }
-        let source = Arc::new(PolicyObject::new(np));
-        inc.insert_policy(policy.key.clone(), source, Some(policy), diags);
+        inc.upsert_policy_object(Arc::new(parsed));
     }
     (inc, diagnostics)
 }

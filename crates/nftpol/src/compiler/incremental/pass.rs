@@ -83,7 +83,7 @@ impl<'a> CompilePass<'a> {
                     .policies
                     .range(ObjectKey::new(ns, "")..)
                     .take_while(|(k, _)| *k.namespace == *ns)
-                    .filter_map(|(_, e)| e.policy.as_ref())
+                    .filter_map(|(_, p)| p.policy())
                     .filter(|p| p.rules(direction).is_some() && p.pod_selector.matches(&pod.labels))
                     .collect();
                 if isolating.is_empty() {
