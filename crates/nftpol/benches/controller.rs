@@ -1548,7 +1548,7 @@ fn profile(what: &str) {
     drop(pols);
     let h3 = heap();
     row(
-        "policies store (PolicyObject: spec as JSON text), kept",
+        "policies store (PolicyObject: validated, selectors shared), kept",
         h3.live - h2.live,
         h3.chunks - h2.chunks,
         h3.allocs - h2.allocs,

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
-use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, Snapshot};
+use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, Snapshot, policy_key};
 
 /// A file that cannot be read as cluster objects.
 #[derive(Debug, thiserror::Error)]
@@ -189,14 +189,7 @@ fn add_object(doc: Value, out: &mut Objects) -> Result<(), String> {
         }
         "NetworkPolicy" => {
             let np: NetworkPolicy = serde_json::from_value(doc).map_err(what)?;
-            let key = ObjectKey::new(
-                np.metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                np.metadata.name.clone().unwrap_or_default(),
-            );
-            out.policies.insert(key, np);
+            out.policies.insert(policy_key(&np), np);
         }
         other => tracing::debug!(
             kind = other,

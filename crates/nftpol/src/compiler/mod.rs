@@ -25,13 +25,15 @@ pub use plan::{
     AddrSet, AddrSetKind, IpRange, Match, Plan, PodChain, PolicyChain, PolicyId, PortMatch,
     PortSet, SetId,
 };
-pub use policy::{Diagnostic, Direction, Peer, Policy, PortSpec, Severity, parse_policy};
+pub use policy::{
+    Diagnostic, Direction, Peer, Policy, PortSpec, Severity, parse_policy, policy_key,
+};
 pub use snapshot::{
     Labels, NamedPort, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Protocol, Snapshot,
 };
 pub use trace::Decision;
 
-pub use incremental::{Incremental, policy_key};
+pub use incremental::Incremental;
 
 use policy::NamespaceScope;
 

@@ -12,18 +12,18 @@
 //! is matched literally, as stored, like any other.
 
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::{Expression, Selector};
 use regex::Regex;
 
-use super::snapshot::{LabelLookup, ObjectKey, Protocol};
+use super::snapshot::{Interner, LabelLookup, ObjectKey, Protocol};
 
 /// Traffic direction, seen from the selected pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,8 +84,14 @@ impl fmt::Display for Diagnostic {
 
 /// A validated label selector with a canonical text form (used to share sets
 /// between identical selectors).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelSel {
+///
+/// Cheap to clone: the parsed form is shared, and the policies kept by the
+/// controller share one copy of each distinct selector (an
+/// [`Interner`](super::snapshot::Interner) hands it out by its text).
+#[derive(Clone)]
+pub struct LabelSel(Arc<SelectorParts>);
+
+struct SelectorParts {
     /// kube's parsed selector, as a list: its own `matches` reads only a
     /// `BTreeMap<String, String>`, and pods keep their labels in a more
     /// compact form ([`PodLabels`](super::snapshot::PodLabels)).
@@ -93,17 +99,23 @@ pub struct LabelSel {
     canonical: String,
 }
 
+static EVERYTHING: LazyLock<LabelSel> = LazyLock::new(|| LabelSel::new(Vec::new()));
+
 impl LabelSel {
+    fn new(exprs: Vec<Expression>) -> Self {
+        Self(Arc::new(SelectorParts {
+            canonical: canonical(&exprs),
+            exprs,
+        }))
+    }
+
     pub fn everything() -> Self {
-        Self {
-            exprs: Vec::new(),
-            canonical: String::new(),
-        }
+        EVERYTHING.clone()
     }
 
     /// Whether labels match, as kube's `Selector::matches` decides it.
     pub fn matches(&self, labels: &impl LabelLookup) -> bool {
-        self.exprs.iter().all(|e| match e {
+        self.0.exprs.iter().all(|e| match e {
             Expression::In(key, values) => labels.label(key).is_some_and(|v| values.contains(v)),
             Expression::NotIn(key, values) => labels.label(key).is_none_or(|v| !values.contains(v)),
             Expression::Exists(key) => labels.label(key).is_some(),
@@ -114,7 +126,7 @@ impl LabelSel {
     }
 
     pub fn selects_all(&self) -> bool {
-        self.exprs.is_empty()
+        self.0.exprs.is_empty()
     }
 
     /// Canonical text, e.g. `app=web,tier in (a,b)`; empty for "everything".
@@ -122,16 +134,58 @@ impl LabelSel {
     /// plain label syntax is written as a JSON string (`app="a,b"`), so
     /// that no value can pass for a list of them.
     pub fn canonical(&self) -> &str {
-        &self.canonical
+        &self.0.canonical
+    }
+
+    /// Whether two selectors are one shared copy.
+    pub fn is_shared_with(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// How many holders share this copy.
+    pub(super) fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+}
+
+/// Selectors are equal when their canonical texts are (which determine
+/// what they select).
+impl PartialEq for LabelSel {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical() == other.canonical()
+    }
+}
+
+impl Eq for LabelSel {}
+
+/// Hashes as its canonical text, which it borrows as.
+impl std::hash::Hash for LabelSel {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.canonical().hash(h)
+    }
+}
+
+impl std::borrow::Borrow<str> for LabelSel {
+    fn borrow(&self) -> &str {
+        self.canonical()
+    }
+}
+
+impl fmt::Debug for LabelSel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LabelSel")
+            .field("exprs", &self.0.exprs)
+            .field("canonical", &self.0.canonical)
+            .finish()
     }
 }
 
 impl fmt::Display for LabelSel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.canonical.is_empty() {
+        if self.canonical().is_empty() {
             f.write_str("{}")
         } else {
-            f.write_str(&self.canonical)
+            f.write_str(self.canonical())
         }
     }
 }
@@ -210,6 +264,31 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The form kept between syncs: every selector and the key's namespace
+    /// replaced by the copy `interner` shares, every list trimmed to its
+    /// length.
+    pub fn compact(&mut self, interner: &mut Interner) {
+        self.key.namespace = interner.str(&self.key.namespace);
+        self.pod_selector = interner.selector(&self.pod_selector);
+        for rules in [&mut self.ingress, &mut self.egress].into_iter().flatten() {
+            rules.shrink_to_fit();
+            for rule in rules {
+                rule.ports.iter_mut().for_each(Vec::shrink_to_fit);
+                if let Some(peers) = &mut rule.peers {
+                    peers.shrink_to_fit();
+                    for peer in peers {
+                        if let Peer::Pods { namespaces, pods } = peer {
+                            *pods = interner.selector(pods);
+                            if let NamespaceScope::Selected(sel) = namespaces {
+                                *sel = interner.selector(sel);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     pub fn rules(&self, dir: Direction) -> Option<&[Rule]> {
         match dir {
             Direction::Ingress => self.ingress.as_deref(),
@@ -218,24 +297,24 @@ impl Policy {
     }
 }
 
+/// The identity under which a NetworkPolicy is compiled and reported
+/// ([`ObjectKey::from_meta`]: `default` stands in for a missing namespace).
+pub fn policy_key(np: &NetworkPolicy) -> ObjectKey {
+    ObjectKey::from_meta(&np.metadata)
+}
+
 /// Validates one policy. Returns `None` (with an error diagnostic) when it
 /// cannot be enforced at all (it has no name). A policy whose own
 /// podSelector cannot be read selects every pod of its namespace and allows
 /// nothing, in the directions it declares.
 pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<Policy> {
-    let key = ObjectKey::new(
-        np.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        np.metadata.name.clone().unwrap_or_default(),
-    );
-    let mut cx = Cx {
-        key: key.clone(),
-        diags,
+    let key = policy_key(np);
+    let mut findings = Findings {
+        policy: key.clone(),
+        out: diags,
     };
     if key.name.is_empty() {
-        cx.error("metadata.name", "missing; policy skipped");
+        findings.error("metadata.name", "missing; policy skipped");
         return None;
     }
     let default_spec = Default::default();
@@ -245,7 +324,7 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
         Err(e) => {
             // Fail closed: which pods it means is unknown, so it holds
             // every pod of its namespace, and what it would allow too.
-            cx.error(
+            findings.error(
                 format!("spec.podSelector{}", e.field),
                 format!(
                     "{}; cannot tell which pods it selects, so it isolates every pod of \
@@ -275,7 +354,7 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
                     "Egress" => isolates_egress = true,
                     other => {
                         unknown = true;
-                        cx.warn(
+                        findings.warn(
                             format!("spec.policyTypes[{i}]"),
                             format!(
                                 "unsupported value {other:?} (must be \"Ingress\" or \"Egress\"); \
@@ -292,49 +371,18 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
             }
         }
     }
-    let declared =
-        |t: &str| !unreadable && policy_types.is_none_or(|types| types.iter().any(|x| x == t));
-
-    let ingress = isolates_ingress.then(|| {
-        if !declared("Ingress") {
+    // A direction's rules are read only when policyTypes names it (or is
+    // absent) and the podSelector could be read: else it allows nothing.
+    let rules = |findings: &mut Findings<'_>, direction: Direction| {
+        let name = direction.to_string(); // as policyTypes spells it
+        let declared = policy_types.is_none_or(|types| types.contains(&name));
+        if unreadable || !declared {
             return Vec::new();
         }
-        let rules = spec.ingress.as_deref().unwrap_or_default();
-        rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                parse_rule(
-                    &mut cx,
-                    &format!("spec.ingress[{i}]"),
-                    i,
-                    "from",
-                    r.from.as_deref(),
-                    r.ports.as_deref(),
-                )
-            })
-            .collect()
-    });
-    let egress = isolates_egress.then(|| {
-        if !declared("Egress") {
-            return Vec::new();
-        }
-        let rules = spec.egress.as_deref().unwrap_or_default();
-        rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                parse_rule(
-                    &mut cx,
-                    &format!("spec.egress[{i}]"),
-                    i,
-                    "to",
-                    r.to.as_deref(),
-                    r.ports.as_deref(),
-                )
-            })
-            .collect()
-    });
+        parse_rules(findings, spec, direction)
+    };
+    let ingress = isolates_ingress.then(|| rules(&mut findings, Direction::Ingress));
+    let egress = isolates_egress.then(|| rules(&mut findings, Direction::Egress));
     Some(Policy {
         key,
         pod_selector,
@@ -343,16 +391,58 @@ pub fn parse_policy(np: &NetworkPolicy, diags: &mut Vec<Diagnostic>) -> Option<P
     })
 }
 
-struct Cx<'a> {
-    key: ObjectKey,
-    diags: &'a mut Vec<Diagnostic>,
+/// A rule's peers (`from` or `to`) and ports, as written.
+type RuleFields<'a> = (
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
+
+/// The rules of one direction (`spec.ingress` with peers in `from`, or
+/// `spec.egress` with peers in `to`); invalid ones are reported and left out.
+fn parse_rules(
+    findings: &mut Findings<'_>,
+    spec: &NetworkPolicySpec,
+    direction: Direction,
+) -> Vec<Rule> {
+    let (peer_field, rules): (&str, Vec<RuleFields<'_>>) = match direction {
+        Direction::Ingress => (
+            "from",
+            spec.ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                .collect(),
+        ),
+        Direction::Egress => (
+            "to",
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                .collect(),
+        ),
+    };
+    rules
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (peers, ports))| {
+            let path = format!("spec.{}[{i}]", direction.as_str());
+            parse_rule(findings, &path, i, peer_field, peers, ports)
+        })
+        .collect::<Vec<_>>()
 }
 
-impl Cx<'_> {
+/// Where the findings about one policy go: each is tagged with its key.
+struct Findings<'a> {
+    policy: ObjectKey,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl Findings<'_> {
     fn push(&mut self, severity: Severity, field: impl Into<String>, message: impl Into<String>) {
-        self.diags.push(Diagnostic {
+        self.out.push(Diagnostic {
             severity,
-            policy: self.key.clone(),
+            policy: self.policy.clone(),
             field: field.into(),
             message: message.into(),
         });
@@ -379,7 +469,7 @@ fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError
 }
 
 fn parse_rule(
-    cx: &mut Cx<'_>,
+    findings: &mut Findings<'_>,
     path: &str,
     index: usize,
     peer_field: &str,
@@ -392,7 +482,7 @@ fn parse_rule(
         Some(list) => Some(
             list.iter()
                 .enumerate()
-                .filter_map(|(i, p)| match parse_peer(&cx.key.namespace, p) {
+                .filter_map(|(i, p)| match parse_peer(&findings.policy.namespace, p) {
                     Ok(peer) => Some(peer),
                     Err(e) => {
                         errors.push(field_err(
@@ -428,7 +518,7 @@ fn parse_rule(
         });
     }
     for e in errors {
-        cx.warn(
+        findings.warn(
             format!("{path}{}", e.field),
             format!("{}; this rule allows nothing", e.message),
         );
@@ -625,11 +715,7 @@ fn parse_selector(sel: Option<&LabelSelector>) -> Result<LabelSel, FieldError> {
     }
     let selector = Selector::try_from(sel.clone())
         .map_err(|e| field_err("", format!("invalid selector: {}", e.0)))?;
-    let exprs: Vec<Expression> = selector.into_iter().collect();
-    Ok(LabelSel {
-        canonical: canonical(&exprs),
-        exprs,
-    })
+    Ok(LabelSel::new(selector.into_iter().collect()))
 }
 
 /// The text of a selector (kube's, with unusual values quoted).

@@ -47,7 +47,7 @@ use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
+use crate::compiler::{Incremental, NamespaceInfo, ObjectKey, PodInfo, PolicyObject};
 use crate::nft::{Netlink, NetlinkDiffs, Nft, Syncer};
 use store::{Changes, MapKey, PodKey, Store, Trim, parse_rv};
 
@@ -126,24 +126,6 @@ impl Stores {
         self.pods.mark_all_changed();
         self.namespaces.mark_all_changed();
         self.policies.mark_all_changed();
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            namespaces: self
-                .namespaces
-                .values()
-                .into_iter()
-                .map(|n| (n.name.clone(), (*n).clone()))
-                .collect::<BTreeMap<_, _>>(),
-            pods: self.pods.values(),
-            policies: self
-                .policies
-                .values()
-                .iter()
-                .map(|p| Arc::new(p.to_policy()))
-                .collect(),
-        }
     }
 }
 

@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::watch;
 use tokio::time::sleep_until;
@@ -458,7 +457,7 @@ fn report_invalid(
             action: "Compile".into(),
             secondary: None,
         };
-        let reference = policy.to_policy().object_ref(&());
+        let reference = policy.object_ref();
         let recorder = recorder.clone();
         let key = key.clone();
         tokio::spawn(async move {

@@ -259,13 +259,7 @@ use crate::compiler::{NamespaceInfo, ObjectKey, PodInfo, PolicyObject, policy_ke
 impl Trim<ObjectKey, PodInfo> for Pod {
     /// As [`PodInfo::from_pod`] makes it.
     fn key(&self) -> ObjectKey {
-        ObjectKey::new(
-            self.metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            self.metadata.name.clone().unwrap_or_default(),
-        )
+        ObjectKey::from_meta(&self.metadata)
     }
     fn trim(&self, interner: &mut Interner) -> PodInfo {
         PodInfo::from_pod_in(self, interner)
@@ -292,9 +286,10 @@ impl Trim<ObjectKey, PolicyObject> for NetworkPolicy {
     fn key(&self) -> ObjectKey {
         policy_key(self)
     }
-    /// Keeps the identity and the spec (as text): see [`PolicyObject`].
-    fn trim(&self, _: &mut Interner) -> PolicyObject {
-        PolicyObject::new(self)
+    /// Validates it once, here, sharing equal selectors: see
+    /// [`PolicyObject`].
+    fn trim(&self, interner: &mut Interner) -> PolicyObject {
+        PolicyObject::new_in(self, interner)
     }
     fn resource_version(&self) -> Option<u64> {
         rv(&self.metadata)
