@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use super::flows::{Forgotten, StaleFlows, address_owners, changed_hands};
 use super::guard::{GuardReport, PortGuard};
 use super::metrics::{SyncKind, SyncLabels};
-use super::{Delta, RunConfig, Shared};
+use super::{Delta, RunConfig, Shared, Stores};
 use crate::compiler::{Compiled, Diagnostic, Incremental, ObjectKey, Severity};
 use crate::conntrack::ConntrackError;
 use crate::nft::{self, NftError, SyncReport, Syncer, retry_delay};
@@ -113,17 +113,9 @@ pub async fn run(
         let pending = shared.begin_sync();
         // Versions before contents: what the compiler gets is at least this new.
         let versions = shared.stores.resource_versions();
-        let mut delta = shared.stores.take_changes();
-        if full || pipeline.compiler.is_none() || !delta.is_partial() {
-            // From scratch: no drift outlives a full resync.
-            shared.stores.mark_all_changed();
-            delta = shared.stores.take_changes();
-        }
+        let delta = pipeline.changes(&shared.stores, full);
         let node = cfg.node_name.clone();
         let table = cfg.table.clone();
-        if full {
-            pipeline.syncer.force_full();
-        }
         // Compile and apply off the async threads: nft is a blocking exec.
         let (returned, outcome) = tokio::task::spawn_blocking(move || {
             let outcome = pipeline.run(delta, &node, &table, full);
@@ -305,6 +297,22 @@ struct Outcome {
 }
 
 impl Pipeline {
+    /// What the next [`run`](Self::run) feeds the compiler: the stores'
+    /// changes, or everything when `full` (a periodic resync: the table is
+    /// replaced and the compiler rebuilt, so no drift outlives it), when
+    /// there is no compiler yet, or after a relist.
+    fn changes(&mut self, stores: &Stores, full: bool) -> Delta {
+        let delta = stores.take_changes();
+        if full {
+            self.syncer.force_full();
+        }
+        if full || self.compiler.is_none() || !delta.is_partial() {
+            stores.mark_all_changed();
+            return stores.take_changes();
+        }
+        delta
+    }
+
     /// Feeds `delta` to the compiler, compiles `node`'s plan, updates the
     /// port guard, renders `table` and syncs it (`full`: the guard in full
     /// too), then deletes the flows of addresses that changed hands.
@@ -465,5 +473,259 @@ fn report_invalid(
                 warn!(policy = %key, error = %e, "could not post the InvalidNetworkPolicy event");
             }
         });
+    }
+}
+
+/// The reconcile pipeline without root: the stores as the watches fill
+/// them, the compiler, the renderer and the Syncer against an in-memory
+/// kernel (no port guard, no conntrack).
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::compiler::Direction;
+    use crate::nft::Via;
+    use crate::nft::transport::fake::{FakeKernel, Kind};
+
+    const NODE: &str = "node-1";
+    const TABLE: &str = "nftpol";
+
+    fn namespace(name: &str) -> Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name, "resourceVersion": "1"}})).unwrap()
+    }
+
+    fn pod(name: &str, ip: &str, app: &str, rv: u64) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": name, "labels": {"app": app},
+                         "resourceVersion": rv.to_string()},
+            "spec": {"nodeName": NODE, "containers": []},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        }))
+        .unwrap()
+    }
+
+    fn policy(name: &str, spec: Value, rv: u64) -> NetworkPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": name, "resourceVersion": rv.to_string()},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    /// Only ingress to app=b, from app=a on TCP 80.
+    fn allow_a_to_b(rv: u64) -> NetworkPolicy {
+        policy(
+            "b-from-a",
+            json!({
+                "podSelector": {"matchLabels": {"app": "b"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}],
+                             "ports": [{"port": 80}]}],
+            }),
+            rv,
+        )
+    }
+
+    /// Stores listed once (x/a and x/b, no policy), a pipeline and the
+    /// kernel it writes to.
+    struct Node {
+        stores: Stores,
+        pipeline: Pipeline,
+        kernel: FakeKernel,
+    }
+
+    impl Node {
+        fn new() -> Self {
+            let kernel = FakeKernel::default();
+            let stores = Stores::default();
+            stores.namespaces.replace(&[namespace("x")], 1);
+            stores.pods.replace(
+                &[
+                    pod("a", "10.244.1.10", "a", 1),
+                    pod("b", "10.244.1.11", "b", 1),
+                ],
+                1,
+            );
+            stores.policies.replace::<NetworkPolicy>(&[], 1);
+            let pipeline = Pipeline {
+                compiler: None,
+                renderer: nft::render::Renderer::default(),
+                syncer: Syncer::new(kernel.clone(), TABLE),
+                guard: None,
+                stale_flows: None,
+            };
+            Self {
+                stores,
+                pipeline,
+                kernel,
+            }
+        }
+
+        /// One pass, as the reconcile loop makes it.
+        fn sync(&mut self, full: bool) -> Outcome {
+            let delta = self.pipeline.changes(&self.stores, full);
+            self.pipeline.run(delta, NODE, TABLE, full)
+        }
+
+        /// The kernel holds exactly what the Syncer last applied.
+        fn assert_kernel_holds_the_record(&self) {
+            assert_eq!(
+                self.kernel.table(TABLE).as_ref(),
+                self.pipeline.syncer.applied(),
+                "the kernel's table is what was applied"
+            );
+        }
+    }
+
+    fn isolated(outcome: &Outcome) -> Vec<(String, Direction)> {
+        let plan = &outcome.compiled.plan;
+        plan.pods
+            .iter()
+            .map(|p| (p.pod.to_string(), p.direction))
+            .collect()
+    }
+
+    fn report(outcome: Outcome) -> SyncReport {
+        outcome.result.expect("the sync succeeds")
+    }
+
+    #[test]
+    fn the_first_sync_replaces_the_table_and_a_new_policy_goes_as_a_diff() {
+        let mut node = Node::new();
+        let first = node.sync(false);
+        assert!(isolated(&first).is_empty(), "no policy, nobody isolated");
+        let first = report(first);
+        assert!(first.full);
+        assert_eq!(node.kernel.count(Kind::Full), 1);
+        node.assert_kernel_holds_the_record();
+        let before = node.kernel.table(TABLE).unwrap();
+
+        node.stores.policies.upsert(&allow_a_to_b(2));
+        let second = node.sync(false);
+        assert_eq!(
+            isolated(&second),
+            vec![("x/b".to_string(), Direction::Ingress)]
+        );
+        let second = report(second);
+        assert!(!second.full && second.commands > 0, "{second:?}");
+        assert_eq!(
+            second.via,
+            Via::Netlink,
+            "the fake takes diffs as the socket does"
+        );
+        assert_eq!(
+            (node.kernel.count(Kind::Full), node.kernel.count(Kind::Diff)),
+            (1, 1)
+        );
+        node.assert_kernel_holds_the_record();
+        assert!(
+            node.kernel.table(TABLE).unwrap().chains.len() > before.chains.len(),
+            "x/b's chain is in the kernel"
+        );
+
+        let idle = report(node.sync(false));
+        assert_eq!((idle.full, idle.commands), (false, 0), "nothing changed");
+    }
+
+    #[test]
+    fn a_refused_diff_keeps_the_change_and_the_next_sync_replaces_the_table() {
+        let mut node = Node::new();
+        report(node.sync(false));
+        let before = node.kernel.table(TABLE).unwrap();
+
+        node.kernel.refuse_diffs(1);
+        node.stores.policies.upsert(&allow_a_to_b(2));
+        let refused = node.sync(false);
+        assert!(refused.result.is_err(), "the kernel refused the diff");
+        assert_eq!(
+            node.kernel.table(TABLE).unwrap(),
+            before,
+            "a refused transaction changes nothing"
+        );
+
+        // The retry has no new object to feed the compiler: the change is
+        // already in it, and the table goes in full.
+        let retry = report(node.sync(false));
+        assert!(retry.full, "{retry:?}");
+        node.assert_kernel_holds_the_record();
+        assert_ne!(node.kernel.table(TABLE).unwrap(), before);
+    }
+
+    #[test]
+    fn a_periodic_full_sync_rebuilds_the_compiler_and_repairs_a_tampered_table() {
+        let mut node = Node::new();
+        node.stores.policies.upsert(&allow_a_to_b(2));
+        report(node.sync(false));
+        let wanted = node.kernel.table(TABLE).unwrap();
+        node.kernel.tamper(TABLE, |rs| {
+            for chain in rs.chains.values_mut().filter(|c| c.hook.is_none()) {
+                chain.rules.clear();
+            }
+        });
+        assert_ne!(node.kernel.table(TABLE).unwrap(), wanted);
+
+        // A diff cannot see what was changed by hand.
+        let diff = report(node.sync(false));
+        assert_eq!(diff.commands, 0);
+        assert_ne!(node.kernel.table(TABLE).unwrap(), wanted);
+
+        let resync = node.sync(true);
+        assert_eq!(
+            isolated(&resync),
+            vec![("x/b".to_string(), Direction::Ingress)],
+            "the rebuilt compiler has every object"
+        );
+        assert!(report(resync).full);
+        assert_eq!(node.kernel.table(TABLE).unwrap(), wanted, "repaired");
+    }
+
+    #[test]
+    fn a_relist_that_lost_a_pod_rebuilds_the_compiler_without_it() {
+        let mut node = Node::new();
+        node.stores.policies.upsert(&allow_a_to_b(2));
+        report(node.sync(false));
+        // A relist (after a 410) finds x/b gone.
+        node.stores
+            .pods
+            .replace(&[pod("a", "10.244.1.10", "a", 5)], 5);
+        let relisted = node.sync(false);
+        assert!(isolated(&relisted).is_empty(), "x/b is gone");
+        assert!(!report(relisted).full, "the table still goes as a diff");
+        node.assert_kernel_holds_the_record();
+    }
+
+    #[test]
+    fn an_invalid_policy_is_reported_and_isolates_its_pods_allowing_nothing() {
+        let mut node = Node::new();
+        let broken = policy(
+            "broken",
+            json!({
+                "podSelector": {"matchLabels": {"app": "b"}},
+                "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}],
+            }),
+            2,
+        );
+        node.stores.policies.upsert(&broken);
+        let outcome = node.sync(false);
+        let fields: Vec<&str> = outcome
+            .compiled
+            .diagnostics
+            .iter()
+            .map(|d| d.field.as_str())
+            .collect();
+        assert_eq!(fields, ["spec.ingress[0].from[0].ipBlock.cidr"]);
+        assert_eq!(
+            isolated(&outcome),
+            vec![("x/b".to_string(), Direction::Ingress)],
+            "fails closed"
+        );
+        assert!(
+            outcome.compiled.plan.policies.is_empty(),
+            "the broken rule allows nothing"
+        );
+        report(outcome);
+        node.assert_kernel_holds_the_record();
     }
 }

@@ -30,8 +30,9 @@ pub(super) struct AddressOwners {
     pub(super) losers: HashMap<IpAddr, Vec<Arc<PodInfo>>>,
 }
 
-/// An address family, for [`ByFirst`].
-trait Family {
+/// A pod's first address of one family, at the type level (for
+/// [`ByFirst`]; the value-level family is [`crate::net::Family`]).
+trait FirstAddr {
     type Addr: Hash + Eq;
     /// The pod's first address of the family.
     fn first(pod: &PodInfo) -> Option<&Self::Addr>;
@@ -40,7 +41,7 @@ trait Family {
 struct V4;
 struct V6;
 
-impl Family for V4 {
+impl FirstAddr for V4 {
     type Addr = Ipv4Addr;
     fn first(pod: &PodInfo) -> Option<&Ipv4Addr> {
         pod.ips.iter().find_map(|ip| match ip {
@@ -50,7 +51,7 @@ impl Family for V4 {
     }
 }
 
-impl Family for V6 {
+impl FirstAddr for V6 {
     type Addr = Ipv6Addr;
     fn first(pod: &PodInfo) -> Option<&Ipv6Addr> {
         pod.ips.iter().find_map(|ip| match ip {
@@ -63,21 +64,21 @@ impl Family for V6 {
 /// A pod that owns its first address of family `F`, looked up by it.
 struct ByFirst<F>(Arc<PodInfo>, std::marker::PhantomData<F>);
 
-impl<F: Family> ByFirst<F> {
+impl<F: FirstAddr> ByFirst<F> {
     fn addr(&self) -> &F::Addr {
         F::first(&self.0).expect("kept by an address of the family")
     }
 }
 
-impl<F: Family> PartialEq for ByFirst<F> {
+impl<F: FirstAddr> PartialEq for ByFirst<F> {
     fn eq(&self, other: &Self) -> bool {
         self.addr() == other.addr()
     }
 }
 
-impl<F: Family> Eq for ByFirst<F> {}
+impl<F: FirstAddr> Eq for ByFirst<F> {}
 
-impl<F: Family> Hash for ByFirst<F> {
+impl<F: FirstAddr> Hash for ByFirst<F> {
     fn hash<H: Hasher>(&self, h: &mut H) {
         // Must hash as the address it borrows as.
         self.addr().hash(h)
