@@ -128,6 +128,11 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// How it was started.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
     /// Starts `nftpol run` inside `node`'s namespace.
     pub fn start(node: &Node, config: ControllerConfig) -> Result<Self, LabError> {
         let (scrape_netns, ip) = match (node.lan_netns_name(), node.lan_ipv4()) {
