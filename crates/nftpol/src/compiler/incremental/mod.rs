@@ -52,8 +52,9 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::Compiled;
+use super::policy::PolicyObject;
 use super::policy::{Diagnostic, Severity};
-use super::snapshot::{Interner, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
+use super::snapshot::{Interner, NamespaceInfo, ObjectKey, PodInfo, Snapshot};
 use index::{ByName, KnownNamespace, ObjectIndex};
 use pass::CompilePass;
 use set_cache::SetCache;
