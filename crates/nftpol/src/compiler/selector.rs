@@ -10,8 +10,9 @@ use std::sync::{Arc, LazyLock};
 use kube::core::Expression;
 use regex::Regex;
 
-/// Label lookup by key, for selectors: namespaces keep a [`Labels`] map,
-/// pods a [`PodLabels`].
+/// Label lookup by key, for selectors: namespaces keep a
+/// [`Labels`](super::snapshot::Labels) map,
+/// pods a [`PodLabels`](super::snapshot::PodLabels).
 pub trait LabelLookup {
     fn label(&self, key: &str) -> Option<&str>;
 }
