@@ -16,6 +16,7 @@ pub mod explain;
 pub mod incremental;
 pub mod plan;
 pub mod policy;
+pub mod selector;
 pub mod snapshot;
 mod trace;
 
@@ -26,11 +27,9 @@ pub use plan::{
     PortSet, SetId,
 };
 pub use policy::{
-    Diagnostic, Direction, Peer, Policy, PortSpec, Severity, parse_policy, policy_key,
+    Diagnostic, Direction, Peer, Policy, PolicyObject, PortSpec, Severity, parse_policy, policy_key,
 };
-pub use snapshot::{
-    Labels, NamedPort, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Protocol, Snapshot,
-};
+pub use snapshot::{Labels, NamedPort, NamespaceInfo, ObjectKey, PodInfo, Protocol, Snapshot};
 pub use trace::Decision;
 
 pub use incremental::Incremental;
@@ -80,7 +79,7 @@ pub fn compile(snap: &Snapshot, node: &str) -> Compiled {
 }
 
 /// The content key of a pod peer (shared by identical selectors).
-fn pods_peer_key(scope: &NamespaceScope, pods: &policy::LabelSel) -> String {
+fn pods_peer_key(scope: &NamespaceScope, pods: &selector::LabelSel) -> String {
     match scope {
         NamespaceScope::Own(ns) => format!("pods|ns={ns}|{}", pods.canonical()),
         NamespaceScope::Selected(sel) => {
@@ -98,7 +97,7 @@ fn set_id(key: &str) -> SetId {
     key.to_string()
 }
 
-fn describe_pods(scope: &NamespaceScope, pods: &policy::LabelSel) -> String {
+fn describe_pods(scope: &NamespaceScope, pods: &selector::LabelSel) -> String {
     match scope {
         NamespaceScope::Own(ns) => format!("pods {pods} in namespace {ns}"),
         NamespaceScope::Selected(sel) => format!("pods {pods} in namespaces {sel}"),

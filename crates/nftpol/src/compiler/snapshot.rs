@@ -4,20 +4,18 @@
 //! networking, named container ports). A [`Snapshot`] holds NetworkPolicies
 //! as the API's own type (read from files, built by tests), validated when it
 //! is compiled; the controller validates each once, as it arrives, and keeps
-//! that ([`PolicyObject`]).
+//! that ([`PolicyObject`](super::policy::PolicyObject)).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
 
-use super::policy::{Diagnostic, LabelSel, Policy, parse_policy, policy_key};
+use super::selector::{LabelLookup, LabelSel};
 
 pub use crate::net::Protocol;
 
@@ -25,12 +23,6 @@ pub use crate::net::Protocol;
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 pub type Labels = BTreeMap<String, String>;
-
-/// Label lookup by key, for selectors: namespaces keep a [`Labels`] map,
-/// pods a [`PodLabels`].
-pub trait LabelLookup {
-    fn label(&self, key: &str) -> Option<&str>;
-}
 
 impl LabelLookup for Labels {
     fn label(&self, key: &str) -> Option<&str> {
@@ -502,102 +494,6 @@ impl NamespaceInfo {
     }
 }
 
-/// A NetworkPolicy as the controller keeps it between syncs and the
-/// compiler reads it, validated once when it arrives: its identity (key;
-/// uid and generation, for Events), the checked policy and the findings
-/// about it. Annotations (such as kubectl's last-applied copy), managed
-/// fields and the spec as written are not kept.
-///
-/// The API's own type holds every selector's `matchLabels` in a B-tree
-/// whose first node alone takes 544 bytes, and its metadata has room for
-/// every field: 10k policies took ~18 MiB that way. Parsed through the
-/// store's [`Interner`], equal selectors (most of them: 108 distinct ones
-/// among 21k in the synthetic 10k-policy cluster) are one shared copy.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PolicyObject {
-    /// The checked policy, or the key of one that cannot be enforced at all
-    /// (it has no name).
-    policy: Result<Policy, ObjectKey>,
-    /// Whether `metadata.namespace` and `metadata.name` were set (the key
-    /// stands in `default` and an empty name for them).
-    has_namespace: bool,
-    has_name: bool,
-    uid: Option<String>,
-    generation: Option<i64>,
-    diagnostics: Vec<Diagnostic>,
-}
-
-impl PolicyObject {
-    /// Validates a policy ([`parse_policy`]).
-    pub fn new(np: &NetworkPolicy) -> Self {
-        Self::new_in(np, &mut Interner::default())
-    }
-
-    /// [`new`](Self::new), sharing selectors through `interner` with the
-    /// policies parsed before.
-    pub fn new_in(np: &NetworkPolicy, interner: &mut Interner) -> Self {
-        let m = &np.metadata;
-        let mut diagnostics = Vec::new();
-        let policy = match parse_policy(np, &mut diagnostics) {
-            Some(mut policy) => {
-                policy.compact(interner);
-                Ok(policy)
-            }
-            None => Err(policy_key(np)),
-        };
-        Self {
-            policy,
-            has_namespace: m.namespace.is_some(),
-            has_name: m.name.is_some(),
-            uid: m.uid.clone(),
-            generation: m.generation,
-            diagnostics,
-        }
-    }
-
-    /// The key the compiler knows it by, as [`policy_key`] makes it.
-    pub fn key(&self) -> &ObjectKey {
-        match &self.policy {
-            Ok(policy) => &policy.key,
-            Err(key) => key,
-        }
-    }
-
-    pub fn uid(&self) -> Option<&str> {
-        self.uid.as_deref()
-    }
-
-    pub fn generation(&self) -> Option<i64> {
-        self.generation
-    }
-
-    /// The checked policy; `None` when it cannot be enforced at all.
-    pub fn policy(&self) -> Option<&Policy> {
-        self.policy.as_ref().ok()
-    }
-
-    /// What its validation found, in the order [`parse_policy`] reports it.
-    pub fn diagnostics(&self) -> &[Diagnostic] {
-        &self.diagnostics
-    }
-
-    /// A reference to the API object, for the Events about it (kind,
-    /// apiVersion, namespace, name, uid).
-    pub fn object_ref(&self) -> ObjectReference {
-        let key = self.key();
-        let policy = NetworkPolicy {
-            metadata: ObjectMeta {
-                namespace: self.has_namespace.then(|| key.namespace.to_string()),
-                name: self.has_name.then(|| key.name.clone()),
-                uid: self.uid.clone(),
-                ..ObjectMeta::default()
-            },
-            spec: None,
-        };
-        policy.object_ref(&())
-    }
-}
-
 /// A consistent view of the cluster at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -729,85 +625,5 @@ mod tests {
         ips.clear();
         assert!(ips.is_empty());
         assert_eq!(ips, PodIps::default());
-    }
-
-    #[test]
-    fn a_policy_object_keeps_its_identity_and_its_validation() {
-        let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": "x", "name": "p", "uid": "u", "generation": 3,
-                         "resourceVersion": "7"},
-            "spec": {
-                "podSelector": {"matchLabels": {}},
-                "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{}, {"from": [], "ports": [{"port": "http"}, {"port": 80, "endPort": 90, "protocol": "UDP"}]}],
-                "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
-                                   {"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["a"]}]},
-                                    "podSelector": {"matchLabels": {"app": "web"}}}]},
-                           {"to": [{"ipBlock": {"cidr": "nonsense"}}]}]
-            }
-        }))
-        .unwrap();
-        let obj = PolicyObject::new(&np);
-        assert_eq!(obj.key(), &ObjectKey::new("x", "p"));
-        assert_eq!((obj.uid(), obj.generation()), (Some("u"), Some(3)));
-        let mut diags = Vec::new();
-        assert_eq!(obj.policy(), parse_policy(&np, &mut diags).as_ref());
-        assert_eq!(obj.diagnostics(), diags);
-        assert_eq!(diags.len(), 1, "{diags:?}");
-        assert_eq!(diags[0].field, "spec.egress[1].to[0].ipBlock.cidr");
-        let reference = obj.object_ref();
-        assert_eq!(reference, np.object_ref(&()));
-        assert_eq!(reference.kind.as_deref(), Some("NetworkPolicy"));
-        assert_eq!(reference.uid.as_deref(), Some("u"));
-
-        let mut annotated = np.clone();
-        annotated.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
-        assert_eq!(
-            PolicyObject::new(&annotated),
-            obj,
-            "annotations are dropped"
-        );
-        let nameless = PolicyObject::new(&NetworkPolicy::default());
-        assert_eq!(nameless.key(), &ObjectKey::new("default", ""));
-        assert!(nameless.policy().is_none());
-        assert_eq!(nameless.diagnostics()[0].field, "metadata.name");
-        assert_eq!(
-            nameless.object_ref(),
-            NetworkPolicy::default().object_ref(&())
-        );
-    }
-
-    #[test]
-    fn policies_parsed_through_one_interner_share_equal_selectors() {
-        let np = |name: &str| -> NetworkPolicy {
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"namespace": "x", "name": name},
-                "spec": {"podSelector": {"matchLabels": {"app": "db"}},
-                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}
-            }))
-            .unwrap()
-        };
-        let mut interner = Interner::default();
-        let (a, b) = (
-            PolicyObject::new_in(&np("a"), &mut interner),
-            PolicyObject::new_in(&np("b"), &mut interner),
-        );
-        let (a, b) = (a.policy().unwrap(), b.policy().unwrap());
-        assert!(a.pod_selector.is_shared_with(&b.pod_selector));
-        let peer = |p: &Policy| match &p.ingress.as_ref().unwrap()[0].peers.as_ref().unwrap()[0] {
-            crate::compiler::Peer::Pods { pods, .. } => pods.clone(),
-            other => panic!("{other:?}"),
-        };
-        assert!(peer(a).is_shared_with(&peer(b)));
-        assert!(!peer(a).is_shared_with(&a.pod_selector));
-        let alone = PolicyObject::new(&np("c"));
-        assert!(
-            !alone
-                .policy()
-                .unwrap()
-                .pod_selector
-                .is_shared_with(&a.pod_selector)
-        );
-        assert_eq!(alone.policy().unwrap().pod_selector, a.pod_selector);
     }
 }

@@ -9,8 +9,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::owners::AddressOwners;
-use crate::compiler::policy::{LabelSel, NamespaceScope};
-use crate::compiler::snapshot::{Labels, NamespaceInfo, ObjectKey, PodInfo, PolicyObject};
+use crate::compiler::policy::NamespaceScope;
+use crate::compiler::policy::PolicyObject;
+use crate::compiler::selector::LabelSel;
+use crate::compiler::snapshot::{Labels, NamespaceInfo, ObjectKey, PodInfo};
 
 /// The objects, indexed the way compilation reads them.
 #[derive(Default)]

@@ -33,9 +33,9 @@
 //!
 //! A set no plan used in the last compilation is dropped after it.
 //!
-//! The parts: [`index`] (the objects and who selects whom), [`owners`]
-//! (who owns each address), [`set_cache`] (the sets by content key, kept
-//! counted), [`pass`] (one compilation: pods, policies and their sets into
+//! The parts: `index` (the objects and who selects whom), `owners`
+//! (who owns each address), `set_cache` (the sets by content key, kept
+//! counted), `pass` (one compilation: pods, policies and their sets into
 //! a plan); this file takes the changes and keeps them in step.
 
 mod index;
@@ -52,8 +52,9 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::Compiled;
+use super::policy::PolicyObject;
 use super::policy::{Diagnostic, Severity};
-use super::snapshot::{Interner, NamespaceInfo, ObjectKey, PodInfo, PolicyObject, Snapshot};
+use super::snapshot::{Interner, NamespaceInfo, ObjectKey, PodInfo, Snapshot};
 use index::{ByName, KnownNamespace, ObjectIndex};
 use pass::CompilePass;
 use set_cache::SetCache;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use super::index::{KnownNamespace, ObjectIndex};
 use super::owners::AddressOwners;
 use crate::compiler::plan::{AddrSet, AddrSetKind, PortSet};
-use crate::compiler::policy::{LabelSel, NamespaceScope};
+use crate::compiler::policy::NamespaceScope;
+use crate::compiler::selector::LabelSel;
 use crate::compiler::snapshot::{Labels, PodInfo, Protocol};
 
 /// A cached set, kept up to date change by change.
