@@ -192,8 +192,16 @@ impl World {
     }
 
     /// Whether pod `from` completes a TCP connection to `to` (a link-local
-    /// address is reached over its eth0).
+    /// address is reached over its eth0, from `from`'s own once usable).
     fn connects(&self, from: &str, to: SocketAddr) -> bool {
+        if let SocketAddr::V6(v6) = to
+            && v6.ip().is_unicast_link_local()
+        {
+            // The source is `from`'s own link-local address: while it is
+            // tentative (duplicate address detection), the connection fails
+            // whatever the rules say.
+            self.link_local(from);
+        }
         self.pod(from)
             .netns()
             .run(move || {
