@@ -6,6 +6,8 @@
 //!   the sandbox and the controller tests.
 //! - [`conformance`]: plays the case files of `conformance/` on a lab
 //!   cluster running `nftpol run` on each node.
+//! - [`control_plane`]: a real etcd and kube-apiserver, built from their
+//!   Go modules by `k8s/build`.
 //! - [`sandbox`]: `nftpol-lab sandbox`, a two-node cluster for kubectl.
 //! - [`synth`]: synthetic clusters for the benches and the scale tests.
 //! - [`eval`]: a packet tracer over a rendered ruleset (the proptests' and
@@ -23,6 +25,7 @@
 pub const PRODUCT_COMMAND: &str = "nftpol";
 
 pub mod conformance;
+pub mod control_plane;
 pub mod devserver;
 pub mod eval;
 pub mod fixtures;
