@@ -1,8 +1,10 @@
 package main
 
-import etcdmain "go.etcd.io/etcd/server/v3/etcdmain"
+import (
+	"os"
 
-import "os"
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
 
 func main() {
 	etcdmain.Main(os.Args)
