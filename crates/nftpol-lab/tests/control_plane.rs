@@ -166,3 +166,61 @@ fn the_shipped_rbac_lets_nftpol_watch_and_report_and_nothing_more() {
         }
     });
 }
+
+#[test]
+fn the_controllers_warning_events_are_accepted_and_shown_as_kubectl_shows_them() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use kube::Resource;
+    use kube::api::ListParams;
+    use nftpol::watch::events::{EventWriter, Warning};
+
+    let Some(plane) = control_plane(
+        "the_controllers_warning_events_are_accepted_and_shown_as_kubectl_shows_them",
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = plane.client().await.expect("an admin client");
+        let policy: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "deny-all"},
+            "spec": {"podSelector": {}},
+        }))
+        .unwrap();
+        let policy = Api::<NetworkPolicy>::namespaced(client.clone(), "default")
+            .create(&PostParams::default(), &policy)
+            .await
+            .expect("create a policy");
+
+        let events = EventWriter::new(client.clone(), "node-1");
+        let warning = Warning {
+            reason: "InvalidNetworkPolicy",
+            action: "Compile",
+            note: "spec.ingress[0].from[0].ipBlock.cidr: invalid CIDR".into(),
+        };
+        // Twice: each post is an Event of its own, none refused as taken.
+        for _ in 0..2 {
+            events
+                .warn(&policy.object_ref(&()), &warning)
+                .await
+                .expect("the real API server accepts the event");
+        }
+
+        let core: Api<CoreEvent> = Api::namespaced(client, "default");
+        let shown = core
+            .list(&ListParams::default().fields("involvedObject.name=deny-all"))
+            .await
+            .expect("list events")
+            .items;
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        for event in shown {
+            assert_eq!(event.type_.as_deref(), Some("Warning"));
+            assert_eq!(event.reason.as_deref(), Some("InvalidNetworkPolicy"));
+            assert_eq!(event.message, Some(warning.note.clone()));
+            assert_eq!(event.reporting_component.as_deref(), Some("nftpol"));
+            assert_eq!(event.reporting_instance.as_deref(), Some("node-1"));
+            assert_eq!(event.involved_object.kind.as_deref(), Some("NetworkPolicy"));
+        }
+    });
+}

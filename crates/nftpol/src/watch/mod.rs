@@ -13,7 +13,8 @@
 //! apply replaces the table atomically. On SIGTERM the rules stay in the
 //! kernel (enforcement holds while the pod restarts); `nftpol cleanup` is
 //! the uninstall step. While the API server is unreachable the watches
-//! retry with kube-rs's default backoff and the last state stays enforced.
+//! retry with backoff (0.8 s doubling to 30 s, jittered) and the last
+//! state stays enforced.
 //!
 //! The watch loop is ours, on kube-client's `list` and `watch`, rather than
 //! kube-runtime's `watcher`: that one consumes bookmarks and list
@@ -21,6 +22,7 @@
 //! signal (`/status`) needs exactly those to be right for idle kinds and
 //! after a relist.
 
+pub mod events;
 pub mod flows;
 pub mod guard;
 pub mod http;
@@ -42,7 +44,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ListParams, WatchEvent, WatchParams};
-use kube::runtime::watcher::DefaultBackoff;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -347,11 +348,37 @@ impl Shared {
     }
 }
 
+/// The pause before retrying a failed list or watch: 0.8 s doubling to
+/// 30 s, each scaled by a random factor in [0.5, 1) so that the nodes of
+/// a cluster do not all relist at once after an API server outage (the
+/// shape of kube-rs's default watcher backoff).
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let full = Duration::from_millis(800)
+            .saturating_mul(1 << self.failures.min(6))
+            .min(Duration::from_secs(30));
+        self.failures = self.failures.saturating_add(1);
+        // A randomly keyed hasher: random enough for jitter, no RNG crate.
+        let random = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(self.failures);
+            h.finish()
+        };
+        full.mul_f64(0.5 + (random >> 11) as f64 / (1u64 << 53) as f64 / 2.0)
+    }
+}
+
 /// Keeps one store equal to the API's objects of one kind: list, then
 /// watch from the list's resourceVersion with bookmarks; a watch that ends
 /// is resumed from the last resourceVersion seen; 410 Gone means relist.
-/// Failures are retried with kube-rs's default backoff (0.8 s doubling to
-/// 30 s) while the last state stays enforced.
+/// Failures are retried with [`Backoff`] while the last state stays
+/// enforced.
 async fn feed<K, Key, T, M, S>(api: Api<K>, kind: &'static str, shared: Arc<Shared>, store: S)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -361,9 +388,9 @@ where
     M: MapKey<Key, T> + Send + 'static,
     S: Fn(&Shared) -> &Store<Key, T, M> + Copy + Send + 'static,
 {
-    let mut backoff = DefaultBackoff::default();
-    let pause = |shared: &Shared, backoff: &mut DefaultBackoff, error: String| {
-        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+    let mut backoff = Backoff::default();
+    let pause = |shared: &Shared, backoff: &mut Backoff, error: String| {
+        let delay = backoff.next_delay();
         warn!(kind, %error, retry_in_ms = delay.as_millis() as u64, "watch failed; the last state stays enforced");
         shared.set_watch_error(kind, Some(error));
         delay
@@ -397,7 +424,7 @@ where
         }
         store(&shared).replace_trimmed(items, parse_rv(Some(&version)).unwrap_or(0));
         shared.set_watch_error(kind, None);
-        backoff = DefaultBackoff::default();
+        backoff = Backoff::default();
         shared.mark_changed();
         loop {
             // Bookmarks are on by default in WatchParams.
@@ -520,19 +547,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     tokio::spawn(http::serve(listener, shared.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let recorder = kube::runtime::events::Recorder::new(
-        client.clone(),
-        kube::runtime::events::Reporter {
-            controller: "nftpol".into(),
-            instance: Some(cfg.node_name.clone()),
-        },
-    );
+    let events = events::EventWriter::new(client.clone(), cfg.node_name.clone());
     let reconciler = tokio::spawn(reconcile::run(
         cfg.clone(),
         syncer,
         stale_flows,
         shared.clone(),
-        Some(recorder),
+        Some(events),
         stop_rx,
     ));
 
@@ -550,5 +571,24 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_from_0_8_s_to_30_s_with_jitter_below_each_step() {
+        let mut backoff = Backoff::default();
+        let steps = [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0, 30.0];
+        for full in steps {
+            let delay = backoff.next_delay().as_secs_f64();
+            assert!(
+                delay >= full / 2.0 && delay < full,
+                "{delay} s not in [{}, {full})",
+                full / 2.0
+            );
+        }
     }
 }

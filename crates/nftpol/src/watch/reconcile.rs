@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
+use super::events::{EventWriter, Warning};
 use super::flows::{Forgotten, StaleFlows, address_owners, changed_hands};
 use super::guard::{GuardReport, PortGuard};
 use super::metrics::{SyncKind, SyncLabels};
@@ -27,7 +27,7 @@ pub async fn run(
     syncer: Syncer,
     stale_flows: Option<StaleFlows>,
     shared: Arc<Shared>,
-    recorder: Option<Recorder>,
+    events: Option<EventWriter>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_resync = Instant::now() + cfg.resync_period;
@@ -159,7 +159,7 @@ pub async fn run(
         report_invalid(
             &shared,
             &compiled.diagnostics,
-            recorder.as_ref(),
+            events.as_ref(),
             &mut reported,
         );
         for warning in &compiled.warnings {
@@ -416,7 +416,7 @@ impl Unbound {
 fn report_invalid(
     shared: &Shared,
     diagnostics: &[Diagnostic],
-    recorder: Option<&Recorder>,
+    events: Option<&EventWriter>,
     reported: &mut HashSet<(String, i64)>,
 ) {
     let mut by_policy: BTreeMap<&ObjectKey, Vec<&Diagnostic>> = BTreeMap::new();
@@ -448,7 +448,7 @@ fn report_invalid(
                 }
             }
         }
-        let Some(recorder) = recorder else { continue };
+        let Some(events) = events else { continue };
         let mut note = lines.join("; ");
         if note.len() > 1000 {
             let mut cut = 997;
@@ -458,18 +458,16 @@ fn report_invalid(
             note.truncate(cut);
             note.push_str("...");
         }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidNetworkPolicy".into(),
-            note: Some(note),
-            action: "Compile".into(),
-            secondary: None,
+        let warning = Warning {
+            reason: "InvalidNetworkPolicy",
+            action: "Compile",
+            note,
         };
         let reference = policy.object_ref();
-        let recorder = recorder.clone();
+        let events = events.clone();
         let key = key.clone();
         tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
+            if let Err(e) = events.warn(&reference, &warning).await {
                 warn!(policy = %key, error = %e, "could not post the InvalidNetworkPolicy event");
             }
         });
